@@ -1,0 +1,30 @@
+"""
+Atomic writes: a file appears whole under its final name or not at all.
+Checkpoints, shards and manifests are written to a temp file in the same folder,
+flushed to disk, then moved over the final name with os.replace.
+"""
+import contextlib
+import json
+import os
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path to write; on success it replaces `path`, on error it is removed."""
+    path = os.fspath(path)
+    tmp = f"{path}.tmp{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, 'rb+') as f:
+            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def write_json(path, obj):
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w') as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.write('\n')

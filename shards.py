@@ -1,0 +1,107 @@
+"""
+The token shard format: how the tokenize stage hands tokens to train.py, sample.py and the evals.
+
+A token directory holds
+    train_000000.npy, train_000001.npy, ...   1-D uint16 arrays (np.save), documents of every language
+    val_<language>.npy                        1-D uint16, one per language, e.g. val_python.npy
+    manifest.json                             what is in the files (see below)
+Every document is preceded by <|endoftext|> (50256), so a window never starts mid-nothing and
+the model learns where files begin. The manifest holds at least:
+    {"encoding": "r50k_base", "eot": 50256, "vocab_size": 50257, "dtype": "uint16",
+     "train": [{"file": "train_000000.npy", "tokens": N}, ...],
+     "val": [{"file": "val_python.npy", "language": "Python", "tokens": N, "bytes": B}, ...]}
+where a val entry's bytes are the UTF-8 bytes of its documents (for bits per byte).
+"""
+import json
+import os
+
+import numpy as np
+
+from atomic import atomic_path
+
+ENCODING = 'r50k_base'  # tiktoken's name for GPT-2's BPE (same ranks, pattern and <|endoftext|>)
+EOT = 50256
+VOCAB_SIZE = 50257
+DTYPE = np.uint16
+
+
+def get_encoding():
+    import tiktoken  # imported late: train.py's workers never need it
+    return tiktoken.get_encoding(ENCODING)
+
+
+def train_name(index):
+    return f"train_{index:06d}.npy"
+
+
+def val_name(slug):
+    return f"val_{slug}.npy"
+
+
+def save_shard(path, tokens):
+    tokens = np.asarray(tokens)
+    assert tokens.dtype == DTYPE and tokens.ndim == 1, (tokens.dtype, tokens.shape)
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            np.save(f, tokens)
+
+
+def load_manifest(data_dir):
+    path = os.path.join(data_dir, 'manifest.json')
+    if not os.path.isdir(data_dir):
+        raise SystemExit(f"error: data_dir '{data_dir}' does not exist; make it with tokenize_github_code.py "
+                         f"(--out_dir={data_dir}) or pass --data_dir=<a token directory>")
+    if not os.path.isfile(path):
+        raise SystemExit(f"error: {path} is missing; '{data_dir}' is not a finished token directory "
+                         f"(rerun tokenize_github_code.py --out_dir={data_dir})")
+    with open(path) as f:
+        m = json.load(f)
+    for key in ('encoding', 'eot', 'train', 'val'):
+        if key not in m:
+            raise SystemExit(f"error: {path} has no '{key}' entry; remake it with tokenize_github_code.py")
+    return m
+
+
+def open_shards(data_dir):
+    """Memory-map every shard once: (manifest, [train arrays], {language: val array})."""
+    m = load_manifest(data_dir)
+    def mmap(name):
+        p = os.path.join(data_dir, name)
+        if not os.path.isfile(p):
+            raise SystemExit(f"error: {p} is listed in manifest.json but missing; rerun tokenize_github_code.py")
+        return np.load(p, mmap_mode='r')
+    train = [mmap(e['file']) for e in m['train']]
+    val = {e['language']: mmap(e['file']) for e in m['val']}
+    return m, train, val
+
+
+def window_starts(shards, block_size):
+    """Cumulative count of valid window starts per shard (a window is block_size+1 tokens)."""
+    counts = np.array([max(len(s) - block_size, 0) for s in shards], dtype=np.int64)
+    return np.cumsum(counts)
+
+
+def get_batch(shards, cum_starts, seed, rank, index, batch_size, block_size):
+    """Batch number `index` of rank `rank`: (batch_size, block_size+1) int64 windows.
+
+    Every start position in every shard is equally likely, so shards are drawn in proportion
+    to their length. The generator is keyed by (seed, rank, index): the batch depends on
+    nothing else, so a resumed run draws exactly the batches the uninterrupted run would.
+    """
+    rng = np.random.default_rng([seed, rank, index])
+    g = rng.integers(0, cum_starts[-1], size=batch_size)  # global start ids
+    which = np.searchsorted(cum_starts, g, side='right')  # shard of each start
+    local = g - np.concatenate(([0], cum_starts[:-1]))[which]
+    out = np.empty((batch_size, block_size + 1), dtype=np.int64)
+    for b in range(batch_size):
+        out[b] = shards[which[b]][local[b]:local[b] + block_size + 1]
+    return out
+
+
+def val_windows(tokens, block_size, max_windows):
+    """The fixed, non-overlapping, evenly spaced windows of one val set: (n, block_size+1) int64."""
+    n = min(max_windows, len(tokens) // (block_size + 1))
+    if n == 0:
+        return np.empty((0, block_size + 1), dtype=np.int64)
+    stride = len(tokens) // n  # >= block_size+1, so windows never overlap
+    return np.stack([np.asarray(tokens[i * stride:i * stride + block_size + 1], dtype=np.int64) for i in range(n)])
