@@ -1,0 +1,247 @@
+"""
+GPT-2 in one file, nanoGPT style: pre-LayerNorm blocks, causal self-attention through
+F.scaled_dot_product_attention (flash kernels on GPU), GELU MLP, lm_head tied to wte,
+and generation with a key/value cache.
+"""
+import inspect
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+
+@dataclass
+class GPTConfig:
+    block_size: int = 1024
+    vocab_size: int = 50304  # GPT-2's 50257 padded up to a multiple of 64 for faster matmuls
+    n_layer: int = 12
+    n_head: int = 12
+    n_embd: int = 768
+    dropout: float = 0.0
+    bias: bool = False  # bias in Linears and LayerNorms; False is a little better and faster
+
+
+class CausalSelfAttention(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.n_embd % config.n_head == 0
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head = config.n_head
+        self.n_embd = config.n_embd
+        self.dropout = config.dropout
+
+    def forward(self, x, cache=None, pos=0):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None:
+            # generation: keys/values of earlier positions come from the cache (B, nh, block_size, hs)
+            cache_k, cache_v = cache
+            cache_k[:, :, pos:pos + T] = k
+            cache_v[:, :, pos:pos + T] = v
+            k, v = cache_k[:, :, :pos + T], cache_v[:, :, :pos + T]
+            # a prompt (pos == 0) needs the causal mask; one new token may see every cached one
+            assert pos == 0 or T == 1, "the cache takes a prompt at pos 0, then one token at a time"
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0,
+                                           is_causal=T > 1)  # (B, nh, T, hs)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = MLP(config)
+
+    def forward(self, x, cache=None, pos=0):
+        x = x + self.attn(self.ln_1(x), cache, pos)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+class GPT(nn.Module):
+
+    def __init__(self, config):
+        super().__init__()
+        assert config.vocab_size is not None and config.block_size is not None
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # weight tying: the output head reuses the token embedding (saves 38M params at 124M)
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2: residual projections scaled by 1/sqrt(2*n_layer), two per block add to the stream
+        for pn, p in self.named_parameters():
+            if pn.endswith('c_proj.weight'):
+                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    def _init_weights(self, module):
+        if isinstance(module, nn.Linear):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                torch.nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding=False):
+        """Unique parameters (the tied wte/lm_head matrix counted once); non_embedding drops wte and wpe."""
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding:
+            n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, cache=None, pos=0):
+        device = idx.device
+        b, t = idx.size()
+        assert pos + t <= self.config.block_size, f"sequence of {pos + t} tokens, block_size is {self.config.block_size}"
+        positions = torch.arange(pos, pos + t, dtype=torch.long, device=device)  # (t)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (b, t, n_embd)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, None if cache is None else cache[i], pos)
+        x = self.transformer.ln_f(x)
+        if targets is not None:
+            logits = self.lm_head(x)  # (b, t, vocab_size)
+            # the loss in float32 whatever the autocast dtype: bf16 log-softmax over 50k entries is coarse
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            return logits, loss
+        # inference: only the last position's logits are needed
+        return self.lm_head(x[:, [-1], :]), None  # (b, 1, vocab_size)
+
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+        # decay every matrix (matmul weights, embeddings); not biases or LayerNorm gains
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{'params': decay, 'weight_decay': weight_decay},
+                  {'params': no_decay, 'weight_decay': 0.0}]
+        fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
+        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+
+    def flops_per_token(self):
+        """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12*L*H*Q*T (PaLM)."""
+        cfg = self.config
+        L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
+        return 6 * self.num_params() + 12 * L * H * Q * T
+
+    @torch.no_grad()
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
+                 stop_tokens=(), stop_fn=None, use_cache=True):
+        """
+        Continue each row of idx (b, t) by up to max_new_tokens tokens; returns (b, t + n).
+        temperature 0 is greedy. A row is done once it emits one of stop_tokens (later positions
+        repeat that token) or stop_fn(generated (b, n) tensor) marks it; generation ends when all are.
+        With use_cache, keys and values are kept, so each new token costs one position, not the
+        whole context. Past block_size the context is cut to its last half block and re-read.
+        """
+        b = idx.size(0)
+        done = torch.zeros(b, dtype=torch.bool, device=idx.device)
+        start = idx.size(1)
+        cache, pos = None, 0
+        for _ in range(max_new_tokens):
+            if use_cache:
+                if cache is None or pos + 1 > self.config.block_size:
+                    # (re)fill the cache from the prompt, or from the tail of a too-long context
+                    ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -(self.config.block_size // 2):]
+                    cache = self.new_cache(b, idx.device)
+                    logits, _ = self(ctx, cache=cache, pos=0)
+                    pos = ctx.size(1)
+                else:
+                    logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
+                    pos += 1
+            else:
+                ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
+                logits, _ = self(ctx)
+            next_tok = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (b, 1)
+            if stop_tokens:
+                prev = idx[:, -1:]
+                # rows already done keep repeating their stop token
+                next_tok = torch.where(done[:, None], prev, next_tok)
+                done |= torch.isin(next_tok[:, 0], torch.tensor(list(stop_tokens), device=idx.device))
+            idx = torch.cat((idx, next_tok), dim=1)
+            if stop_fn is not None:
+                done |= stop_fn(idx[:, start:]).to(done.device)
+            if done.all():
+                break
+        return idx
+
+    def new_cache(self, batch_size, device):
+        """Per layer, preallocated keys and values: (B, nh, block_size, hs) each, in the model's dtype."""
+        cfg = self.config
+        dtype = self.lm_head.weight.dtype
+        if device.type == 'cuda' and torch.is_autocast_enabled():
+            dtype = torch.get_autocast_gpu_dtype()
+        shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
+        return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+                for _ in range(cfg.n_layer)]
+
+
+def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
+    """One token per row from (b, vocab) logits: greedy at temperature 0, else top-k / nucleus sampling."""
+    if temperature == 0:
+        return torch.argmax(logits, dim=-1, keepdim=True)
+    logits = logits / temperature
+    if top_k is not None and top_k > 0:
+        v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
+        logits[logits < v[:, [-1]]] = -float('inf')
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, descending=True)
+        cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
+        # drop a token once the tokens ranked above it already hold top_p of the mass
+        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p
+        sorted_logits[drop] = -float('inf')
+        logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1)
+
+
+# bf16 dense tensor-core peak (TFLOP/s) of common cards, by a substring of torch's device name;
+# first match wins, so the more specific names come first. Override with the peak_tflops config key.
+PEAK_BF16_TFLOPS = [
+    ('H100 PCIe', 756.0), ('H100 NVL', 835.0), ('H100', 989.0), ('H200', 989.0), ('GH200', 989.0),
+    ('B200', 2250.0), ('A100', 312.0), ('A800', 312.0), ('L40S', 362.0), ('L40', 181.0), ('L4', 121.0),
+    ('A10G', 70.0), ('A10', 125.0), ('A6000', 155.0), ('RTX 4090', 165.0), ('RTX 4080', 97.0),
+    ('RTX 4070', 58.0), ('RTX 3090', 71.0), ('RTX 3080', 60.0),
+]
+
+
+def peak_flops(device_type, override_tflops=None):
+    """The bf16 peak of the card in use in FLOP/s, or None when unknown (then MFU is not reported)."""
+    if override_tflops:
+        return override_tflops * 1e12
+    if device_type != 'cuda' or not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    for key, tflops in PEAK_BF16_TFLOPS:
+        if key in name:
+            return tflops * 1e12
+    return None
