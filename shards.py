@@ -13,6 +13,7 @@ the model learns where files begin. The manifest holds at least:
 where a val entry's bytes are the UTF-8 bytes of its documents (for bits per byte).
 """
 import json
+import math
 import os
 
 import numpy as np
@@ -81,14 +82,15 @@ def window_starts(shards, block_size):
     return np.cumsum(counts)
 
 
-def get_batch(shards, cum_starts, seed, rank, index, batch_size, block_size):
-    """Batch number `index` of rank `rank`: (batch_size, block_size+1) int64 windows.
+def get_batch(shards, cum_starts, seed, index, batch_size, block_size):
+    """Micro-batch number `index` of the run: (batch_size, block_size+1) int64 windows.
 
     Every start position in every shard is equally likely, so shards are drawn in proportion
-    to their length. The generator is keyed by (seed, rank, index): the batch depends on
-    nothing else, so a resumed run draws exactly the batches the uninterrupted run would.
+    to their length. The generator is keyed by (seed, index) alone: a resumed run draws exactly
+    the batches the uninterrupted run would, and DDP ranks that take disjoint indices draw
+    their own streams whose union is the single-process run's global batch.
     """
-    rng = np.random.default_rng([seed, rank, index])
+    rng = np.random.default_rng([seed, index])
     g = rng.integers(0, cum_starts[-1], size=batch_size)  # global start ids
     which = np.searchsorted(cum_starts, g, side='right')  # shard of each start
     local = g - np.concatenate(([0], cum_starts[:-1]))[which]
@@ -105,3 +107,8 @@ def val_windows(tokens, block_size, max_windows):
         return np.empty((0, block_size + 1), dtype=np.int64)
     stride = len(tokens) // n  # >= block_size+1, so windows never overlap
     return np.stack([np.asarray(tokens[i * stride:i * stride + block_size + 1], dtype=np.int64) for i in range(n)])
+
+
+def bits_per_byte(loss, tokens, nbytes):
+    """Mean loss in nats per token -> bits per UTF-8 byte of text (tokenizer-independent)."""
+    return loss * tokens / nbytes / math.log(2)
