@@ -158,8 +158,9 @@ class GPT(nn.Module):
                  stop_tokens=(), stop_fn=None, use_cache=True):
         """
         Continue each row of idx (b, t) by up to max_new_tokens tokens; returns (b, t + n).
-        temperature 0 is greedy. A row is done once it emits one of stop_tokens (later positions
-        repeat that token) or stop_fn(generated (b, n) tensor) marks it; generation ends when all are.
+        temperature 0 is greedy. A row is done once it emits one of stop_tokens
+        or stop_fn(generated (b, n) tensor) marks it; later positions of a done row repeat its last
+        token, and generation ends when all rows are done.
         With use_cache, keys and values are kept, so each new token costs one position, not the
         whole context. Past block_size the context is cut to its last half block and re-read.
         """
@@ -182,10 +183,9 @@ class GPT(nn.Module):
                 ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
                 logits, _ = self(ctx)
             next_tok = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (b, 1)
+            # rows already done (by a stop token or stop_fn) keep repeating their last token
+            next_tok = torch.where(done[:, None], idx[:, -1:], next_tok)
             if stop_tokens:
-                prev = idx[:, -1:]
-                # rows already done keep repeating their stop token
-                next_tok = torch.where(done[:, None], prev, next_tok)
                 done |= torch.isin(next_tok[:, 0], torch.tensor(list(stop_tokens), device=idx.device))
             idx = torch.cat((idx, next_tok), dim=1)
             if stop_fn is not None:
@@ -216,8 +216,10 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
     if top_p is not None and top_p < 1.0:
         sorted_logits, sorted_idx = torch.sort(logits, descending=True)
         cum = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-        # drop a token once the tokens ranked above it already hold top_p of the mass
-        drop = cum - torch.softmax(sorted_logits, dim=-1) > top_p
+        # drop a token once the tokens ranked above it already hold top_p of the mass (>=: the
+        # smallest such set); the most likely token always stays, so top_p=0 is greedy, not an error
+        drop = cum - torch.softmax(sorted_logits, dim=-1) >= top_p
+        drop[:, 0] = False
         sorted_logits[drop] = -float('inf')
         logits = torch.full_like(logits, -float('inf')).scatter(1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)
