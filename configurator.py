@@ -17,6 +17,7 @@ ast.literal_eval and fall back to the raw string, so `--out_dir=out` and
 Returns the final {key: value} dict of the config keys, for logging and checkpoints.
 """
 import ast
+import copy
 import difflib
 import os
 import sys
@@ -68,7 +69,9 @@ def configure(g, argv=None):
             # a config file: exec it, then check what it set
             if not os.path.isfile(arg):
                 die(f"config file '{arg}' not found; pass an existing file such as config/train_tiny.py")
-            scope = {}
+            # start from the current values, as nanoGPT's exec over globals does, so a file may
+            # read them (lr_decay_iters = max_iters); copies, so in-place edits are checked too
+            scope = copy.deepcopy({k: g[k] for k in known})
             with open(arg) as f:
                 exec(compile(f.read(), arg, 'exec'), scope)
             for k, v in scope.items():
