@@ -1,0 +1,514 @@
+"""
+Stage 1: fetch parquet shards of codeparrot/github-code for the tokenize stage.
+
+Writes out_dir/data/train-XXXXX-of-YYYYY.parquet (the hub's own paths) and out_dir/manifest.json:
+    {"repo_id", "revision", "commit_sha", "source": "hub"|"local",
+     "files": [{"name": "data/train-00000-of-01126.parquet", "size", "sha256", "rows"}, ...], ...}
+The tokenize stage reads `files` in order. Raw columns: content, repo_name, path, license, size.
+
+source='hub': lists the dataset's data/ folder at one resolved commit, downloads in parallel with
+resume of partial files (*.incomplete), and keeps a file only once its sha256 matches the hub's
+LFS oid. A rerun skips files the manifest vouches for (same size and timestamps) and re-hashes
+the others, so a corrupt or truncated file is fetched again.
+source='local': turns local source trees (default: this Python's standard library) into shards of
+the same schema and naming, offline and byte-for-byte deterministic.
+
+    python download_github_code.py                                  # the reference 38 shards (~10.8 GB)
+    python download_github_code.py --num_shards=2 --workers=2       # a quick look at the data
+    python download_github_code.py --shards=[0,7,42] --revision=<commit sha from an earlier manifest>
+    python download_github_code.py --source=local                   # offline: the stdlib as a tiny github-code
+"""
+import errno
+import hashlib
+import json
+import os
+import re
+import shutil
+import sysconfig
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import github_code
+from atomic import write_json
+from configurator import configure, die
+
+# -----------------------------------------------------------------------------
+repo_id = 'codeparrot/github-code'  # dataset repo on the hub
+revision = 'main'  # branch, tag or commit sha; the resolved commit goes into the manifest
+num_shards = 38  # how many consecutive shards to fetch (~285 MB each)
+shard_start = 0  # index of the first of those shards
+shards = None  # explicit shard indices, e.g. [0,7,42]; overrides num_shards/shard_start
+out_dir = 'data/github-code/parquet'  # parquet files at their hub paths, plus manifest.json
+workers = 4  # parallel downloads
+source = 'hub'  # 'hub', or 'local' to build shards from local_paths without a network
+endpoint = None  # hub URL; None uses $HF_ENDPOINT or https://huggingface.co
+local_paths = [sysconfig.get_paths()['stdlib']]  # source trees for source='local'; each top folder is a repo
+local_exclude = ['site-packages', 'dist-packages', '__pycache__', '.git', 'node_modules']  # folder names not walked
+local_shard_bytes = 16_000_000  # UTF-8 content bytes per local shard (snappy parquet is ~3x smaller)
+local_max_file_bytes = 1_000_000  # skip larger files, as the dataset did
+# -----------------------------------------------------------------------------
+config = configure(globals())
+
+_manifest_path = os.path.join(out_dir, 'manifest.json')
+_shard_re = re.compile(r'data/train-(\d{5})-of-(\d{5})\.parquet')
+
+
+class Failed(Exception):
+    """One line for the user: what went wrong, with which file or value, and what to do."""
+
+
+# --- checks on the config, before anything touches the network or the disk
+if source not in ('hub', 'local'):
+    die(f"source={source!r} is not known; use --source=hub or --source=local")
+if shards is not None:  # --shards=5, --shards=0,3 (a tuple) and --shards=[0,3] all work
+    items = shards.split(',') if isinstance(shards, str) else shards if isinstance(shards, (list, tuple)) else [shards]
+    try:
+        indices = list(dict.fromkeys(int(i) for i in items))
+    except (TypeError, ValueError):
+        die(f"shards={shards!r} must be a list of shard indices, e.g. --shards=[0,7,42]")
+else:
+    if num_shards < 1 or shard_start < 0:
+        die(f"num_shards={num_shards} and shard_start={shard_start} must be >= 1 and >= 0")
+    indices = list(range(shard_start, shard_start + num_shards))
+if workers < 1 or local_shard_bytes < 1:
+    die(f"workers={workers} and local_shard_bytes={local_shard_bytes} must be >= 1")
+
+
+def sha256_of(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        while chunk := f.read(8 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def parquet_rows(path):
+    """Row count of a parquet file in the raw github-code schema; Failed if it is anything else."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as e:
+        raise Failed(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                     f"delete it and rerun")
+    schema = pf.schema_arrow
+    bad = []
+    for col in github_code.COLUMNS:
+        t = schema.field(col).type if col in schema.names else None
+        ok = t is not None and (pa.types.is_integer(t) if col == 'size' else pa.types.is_string(t) or pa.types.is_large_string(t))
+        if not ok:
+            bad.append(f"{col}: {t or 'missing'}")
+    if bad:
+        raise Failed(f"{path} does not have github-code's columns {', '.join(github_code.COLUMNS)} ({'; '.join(bad)}); "
+                     f"check repo_id={repo_id!r}")
+    return pf.metadata.num_rows
+
+
+# --- hub source: resolve the revision to a commit and list the data/ folder
+def hub_error(e, what, ep):
+    """A hub exception as one actionable line."""
+    status = getattr(getattr(e, 'response', None), 'status_code', None)
+    msg = (str(e).strip().splitlines() or [''])[0][:200]
+    if 'Offline' in type(e).__name__:
+        return f"{what}: HF_HUB_OFFLINE is set; unset it, or run offline with --source=local"
+    if status is None:
+        return (f"cannot reach the hub at {ep} ({type(e).__name__}: {msg}); check the network, set HF_ENDPOINT "
+                f"to a reachable mirror, or run offline with --source=local")
+    if status in (401, 403):
+        return f"{what}: {ep} refused access (HTTP {status}); log in with `hf auth login` or check repo_id"
+    if status == 404:
+        return f"{what} not found at {ep} (HTTP 404); check repo_id={repo_id!r} and revision={revision!r}"
+    return f"{what}: {ep} answered HTTP {status} ({msg}); retry later, or set HF_ENDPOINT to a mirror"
+
+
+def list_hub(api, ep):
+    """(commit sha, {name: (size, sha256)}, shard count) for the dataset's data/train-*.parquet files."""
+    try:
+        commit = api.dataset_info(repo_id, revision=revision).sha or revision
+    except Exception as e:
+        raise Failed(hub_error(e, f"dataset {repo_id}@{revision}", ep))
+    try:  # the hub pages this listing (1000 entries a page); huggingface_hub follows the Link headers
+        entries = list(api.list_repo_tree(repo_id, path_in_repo='data', revision=commit, repo_type='dataset'))
+    except Exception as e:
+        raise Failed(hub_error(e, f"data/ folder of {repo_id}@{commit}", ep))
+    listed, counts = {}, Counter()
+    for entry in entries:
+        m = _shard_re.fullmatch(entry.path)
+        lfs = getattr(entry, 'lfs', None)
+        if m is None or lfs is None:
+            continue  # folders, READMEs, and small non-LFS files are not shards
+        sha = getattr(lfs, 'sha256', None) or lfs.get('sha256') or lfs.get('oid')
+        listed[entry.path] = (entry.size, sha)
+        counts[int(m.group(2))] += 1
+    if not listed:
+        raise Failed(f"{repo_id}@{commit} at {ep} has no data/train-XXXXX-of-YYYYY.parquet files; check repo_id")
+    return commit, listed, counts.most_common(1)[0][0]
+
+
+# --- hub source: download with resume, verify sha256 against the LFS oid
+_stop = threading.Event()  # set when one download failed or on Ctrl-C: the others stop at their next chunk
+_bar_lock = threading.Lock()
+_bar = None
+
+
+class _Stopped(Exception):
+    pass
+
+
+def bar_update(n):
+    with _bar_lock:
+        _bar.update(n)
+
+
+class _CountingFile:
+    """The file http_get writes to: counts bytes on the shared progress bar, aborts when told to stop."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def write(self, chunk):
+        if _stop.is_set():
+            raise _Stopped()
+        n = self.f.write(chunk)
+        bar_update(len(chunk))
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def download(name, size, commit, ep, part):
+    """Download one file into `part`, continuing a partial one with a Range request."""
+    from huggingface_hub import get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.file_download import http_get
+    from huggingface_hub.utils import build_hf_headers
+    url = hf_hub_url(repo_id, name, repo_type='dataset', revision=commit, endpoint=endpoint)
+    for attempt in range(3):  # HEAD: where the bytes live (the hub redirects to a CDN)
+        try:
+            location = get_hf_file_metadata(url).location
+            break
+        except Exception as e:
+            if getattr(getattr(e, 'response', None), 'status_code', None) == 404:
+                raise Failed(f"{name} is missing on the hub ({repo_id}@{commit} at {ep}); choose other shards")
+            if attempt == 2 or getattr(getattr(e, 'response', None), 'status_code', None) is not None:
+                raise Failed(hub_error(e, f"{name} of {repo_id}@{commit}", ep))
+            time.sleep(1)
+    have = os.path.getsize(part) if os.path.exists(part) else 0
+    if have > size:  # not a prefix of this file: start over
+        os.remove(part)
+        have = 0
+    bar_update(have)
+    with open(part, 'ab') as f:
+        try:
+            http_get(location, _CountingFile(f), resume_size=have, headers=build_hf_headers(), expected_size=size,
+                     displayed_filename=name)
+        except (_Stopped, Failed):
+            raise
+        except OSError as e:
+            if e.errno == errno.ENOSPC:
+                raise Failed(f"disk full writing {part} ({f.tell()} of {size} bytes); free space and rerun, "
+                             f"the partial file is kept and resumes")
+            raise Failed(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes ({e}); "
+                         f"rerun to resume from {part}")
+        except Exception as e:
+            status = getattr(getattr(e, 'response', None), 'status_code', None)
+            if status is not None:
+                raise Failed(hub_error(e, f"{name} of {repo_id}@{commit}", ep))
+            raise Failed(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes "
+                         f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); rerun to resume from {part}")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def fetch(name, size, sha, commit, ep):
+    """Make out_dir/<name> a verified copy of the hub's file: keep it if its sha256 matches, else download."""
+    path = os.path.join(out_dir, name)
+    part = path + '.incomplete'
+    if _stop.is_set():
+        raise _Stopped()
+    if os.path.exists(path):  # not vouched for by the manifest: hash it once
+        if os.path.getsize(path) == size and sha256_of(path) == sha:
+            bar_update(size)
+            return False
+        os.remove(path)  # corrupt or truncated: fetch it again
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    for attempt in range(2):  # a bad partial or bad bytes from the server get one fresh retry
+        download(name, size, commit, ep, part)
+        got = sha256_of(part)
+        if got == sha:
+            os.replace(part, path)
+            return True
+        os.remove(part)
+        bar_update(-size)
+        if attempt == 0:
+            print(f"{name}: sha256 {got[:12]}... does not match the hub's {sha[:12]}...; fetching it afresh")
+    raise Failed(f"{name} from {ep} still has sha256 {got} after a fresh download, but the hub's LFS oid is {sha}; "
+                 f"a proxy or mirror serves bad bytes: retry later or set HF_ENDPOINT")
+
+
+def fetch_or_stop(*args):
+    try:
+        return fetch(*args)
+    except BaseException:
+        _stop.set()  # the other workers stop at their next chunk; their partial files stay for resume
+        raise
+
+
+def download_from_hub():
+    from huggingface_hub import HfApi, constants
+    from huggingface_hub.utils import disable_progress_bars, logging as hf_logging
+    from tqdm import tqdm
+    global _bar
+    disable_progress_bars()  # one bar over all bytes instead of one per file
+    hf_logging.set_verbosity_error()  # its retry warnings would bury our one-line errors
+    ep = (endpoint or constants.ENDPOINT).rstrip('/')
+    api = HfApi(endpoint=endpoint)
+    commit, listed, count = list_hub(api, ep)
+    print(f"{repo_id}@{revision} is commit {commit} at {ep}: {len(listed)} shards listed (of-{count:05d})")
+
+    bad = [i for i in indices if not 0 <= i < count]
+    if bad:
+        raise Failed(f"shard index {bad[0]} is out of range: {repo_id}@{commit[:12]} has {count} shards (0..{count - 1}); "
+                     f"lower shard_start/num_shards or fix shards")
+    names = [github_code.shard_name(i, count) for i in indices]
+    missing = [n for n in names if n not in listed]
+    if missing:
+        raise Failed(f"{missing[0]} is missing on the hub ({repo_id}@{commit[:12]} at {ep}"
+                     f"{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}); choose other shards")
+
+    # files the last manifest vouches for (same content id, size and timestamps) are not hashed again
+    old = {}
+    if os.path.exists(_manifest_path):
+        try:
+            with open(_manifest_path) as f:
+                m = json.load(f)
+            if m.get('source') == 'hub':
+                old = {e['name']: e for e in m.get('files', [])}
+        except (OSError, ValueError, KeyError, TypeError):
+            old = {}  # unreadable: every file is simply re-verified
+    todo = []
+    for name in names:
+        size, sha = listed[name]
+        e = old.get(name)
+        try:
+            st = os.stat(os.path.join(out_dir, name))
+        except OSError:
+            st = None
+        if not (e and st and e.get('sha256') == sha and st.st_size == size == e.get('size')
+                and e.get('mtime_ns') == st.st_mtime_ns and e.get('ctime_ns') == st.st_ctime_ns):
+            todo.append(name)
+
+    os.makedirs(os.path.join(out_dir, 'data'), exist_ok=True)
+    partials = [os.path.join(out_dir, n + '.incomplete') for n in todo]
+    need = sum(listed[n][0] for n in todo) - sum(os.path.getsize(p) for p in partials if os.path.exists(p))
+    free = shutil.disk_usage(out_dir).free
+    if need > free:
+        raise Failed(f"not enough disk space in {out_dir}: {need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free; "
+                     f"free space, set --out_dir elsewhere, or fetch fewer shards")
+    print(f"{len(names)} shards requested ({sum(listed[n][0] for n in names) / 1e9:.2f} GB), "
+          f"{len(names) - len(todo)} already verified, {len(todo)} to check or download with {workers} workers")
+
+    t0 = time.time()
+    fetched = []
+    total = sum(listed[n][0] for n in todo)
+    _bar = tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc='download', mininterval=0.5,
+                disable=not todo)
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {n: pool.submit(fetch_or_stop, n, *listed[n], commit, ep) for n in todo}
+        try:
+            for n, fut in futures.items():
+                try:
+                    if fut.result():
+                        fetched.append(n)
+                except _Stopped:
+                    pass  # another worker failed first; its error is the one to report
+        except KeyboardInterrupt:
+            _stop.set()
+            raise Failed(f"interrupted; rerun the same command to resume (partial files are kept in {out_dir}/data)")
+        finally:
+            _bar.close()
+    seconds = time.time() - t0
+    got = sum(listed[n][0] for n in fetched)
+
+    files = []
+    for name in names:  # open each file: a shard that is not github-code parquet is an error, not a surprise later
+        path = os.path.join(out_dir, name)
+        rows = parquet_rows(path)
+        st = os.stat(path)
+        files.append(dict(name=name, size=st.st_size, sha256=listed[name][1], rows=rows,
+                          mtime_ns=st.st_mtime_ns, ctime_ns=st.st_ctime_ns))
+    manifest = dict(repo_id=repo_id, revision=revision, commit_sha=commit, source='hub', endpoint=ep,
+                    repo_num_shards=count, files=files)
+    gb = sum(f['size'] for f in files) / 1e9
+    summary = (f"hub {repo_id}@{commit[:12]}: {len(files)} files, {gb:.2f} GB; downloaded {len(fetched)} "
+               f"({got / 1e9:.2f} GB in {seconds:.1f}s, {got / 1e6 / max(seconds, 1e-9):.1f} MB/s), "
+               f"{len(files) - len(fetched)} already verified")
+    return manifest, summary
+
+
+# --- local source: source trees -> github-code rows -> parquet shards
+_license_signs = [  # (dataset license id, regex over the lowercased, whitespace-normalized text); first match wins
+    ('agpl-3.0', r'gnu affero general public license,? version 3'),
+    ('lgpl-3.0', r'gnu lesser general public license,? version 3'),
+    ('lgpl-2.1', r'gnu lesser general public license,? version 2\.1'),
+    ('gpl-3.0', r'gnu general public license,? version 3'),
+    ('gpl-2.0', r'gnu general public license,? version 2\b'),
+    ('apache-2.0', r'apache license,? version 2\.0'),
+    ('mpl-2.0', r'mozilla public license,? (version |v\.? ?)?2\.0'),
+    ('epl-1.0', r'eclipse public license\W*(version |v\.? ?)?1\.0'),
+    ('artistic-2.0', r'the artistic license 2\.0'),
+    ('unlicense', r'this is free and unencumbered software released into the public domain'),
+    ('cc0-1.0', r'\bcc0 1\.0'),
+    ('isc', r'permission to use, copy, modify, and/or distribute this software for any purpose with or without fee'),
+    ('mit', r'permission is hereby granted, free of charge, to any person obtaining a copy'),
+    ('bsd-3-clause', r'redistribution and use in source and binary forms.*(neither the name|endorse or promote)'),
+    ('bsd-2-clause', r'redistribution and use in source and binary forms'),
+]
+assert {k for k, _ in _license_signs} == set(github_code.LICENSES)
+
+
+def license_of_text(text):
+    text = ' '.join(text.lower().split())
+    for lic, pattern in _license_signs:
+        if re.search(pattern, text):
+            return lic
+    return 'unknown'
+
+
+def license_of(folder):
+    """The dataset license id of a repo folder, from its LICENSE/LICENCE/COPYING file(s), else 'unknown'."""
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return 'unknown'
+    for name in names:
+        path = os.path.join(folder, name)
+        if re.match(r'(license|licence|copying)([.\-_]|$)', name.lower()) and os.path.isfile(path):
+            with open(path, 'rb') as f:
+                lic = license_of_text(f.read(50_000).decode('utf-8', 'replace'))
+            if lic != 'unknown':
+                return lic
+    return 'unknown'
+
+
+def local_files(root):
+    """(repo folder, repo_name, path in repo, file path) for each file under root, in sorted order."""
+    base = os.path.basename(os.path.normpath(root))
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in local_exclude)
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, '/')
+            top, _, inner = rel.partition('/')
+            if inner:  # root/<top>/... belongs to repo '<root name>/<top>'
+                yield os.path.join(root, top), f"{base}/{top}", inner, full
+            else:  # files right under root form a repo of their own
+                yield root, base, rel, full
+
+
+def write_local_shard(rows, path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pa.table({
+        'content': pa.array([r[0] for r in rows], pa.string()),
+        'repo_name': pa.array([r[1] for r in rows], pa.string()),
+        'path': pa.array([r[2] for r in rows], pa.string()),
+        'license': pa.array([r[3] for r in rows], pa.string()),
+        'size': pa.array([r[4] for r in rows], pa.int64()),
+    })
+    pq.write_table(table, path, row_group_size=1024, compression='snappy')
+    with open(path, 'rb+') as f:
+        os.fsync(f.fileno())
+
+
+def build_local():
+    t0 = time.time()
+    roots = [local_paths] if isinstance(local_paths, str) else list(local_paths)
+    for root in roots:
+        if not os.path.isdir(root):
+            raise Failed(f"local_paths entry {root!r} is not a folder; pass existing folders, e.g. --local_paths=/src/a,/src/b")
+    data_dir = os.path.join(out_dir, 'data')
+    os.makedirs(data_dir, exist_ok=True)
+    skipped, languages, licenses = Counter(), Counter(), {}
+    tmp_paths, rows, nbytes, content_bytes = [], [], 0, 0
+    try:
+        def flush():
+            tmp = os.path.join(data_dir, f".local-{len(tmp_paths):05d}.parquet.tmp{os.getpid()}")
+            tmp_paths.append(tmp)
+            write_local_shard(rows, tmp)
+            rows.clear()
+
+        for root in roots:
+            for repo_dir, repo_name, path, full in local_files(root):
+                lang = github_code.language_of(path)
+                if lang is None:
+                    skipped['not_a_language'] += 1
+                    continue
+                if os.path.islink(full):
+                    skipped['symlink'] += 1  # the target is walked (or not) in its own right
+                    continue
+                try:
+                    if os.path.getsize(full) > local_max_file_bytes:
+                        skipped['too_large'] += 1
+                        continue
+                    with open(full, 'rb') as f:
+                        data = f.read()
+                except OSError:
+                    skipped['unreadable'] += 1
+                    continue
+                if not data.strip():
+                    skipped['empty'] += 1
+                    continue
+                if b'\0' in data:
+                    skipped['binary'] += 1
+                    continue
+                try:
+                    text = data.decode('utf-8')
+                except UnicodeDecodeError:
+                    skipped['undecodable'] += 1
+                    continue
+                if repo_dir not in licenses:
+                    licenses[repo_dir] = license_of(repo_dir)
+                rows.append((text, repo_name, path, licenses[repo_dir], len(data)))
+                languages[lang] += 1
+                nbytes += len(data)
+                content_bytes += len(data)
+                if nbytes >= local_shard_bytes:
+                    flush()
+                    nbytes = 0
+        if rows:
+            flush()
+        if not tmp_paths:
+            raise Failed(f"no source files of the dataset's 30 languages under local_paths={roots}; "
+                         f"point --local_paths at folders with code")
+        # the shard count is in every name, so the names are given once all shards are written
+        files = []
+        for k, tmp in enumerate(tmp_paths):
+            name = github_code.shard_name(k, len(tmp_paths))
+            path = os.path.join(out_dir, name)
+            os.replace(tmp, path)
+            files.append(dict(name=name, size=os.path.getsize(path), sha256=sha256_of(path), rows=parquet_rows(path)))
+    finally:
+        for tmp in tmp_paths:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    manifest = dict(repo_id=repo_id, revision=None, commit_sha=None, source='local', local_paths=roots,
+                    local_shard_bytes=local_shard_bytes, content_bytes=content_bytes,
+                    skipped=dict(sorted(skipped.items())), languages=dict(sorted(languages.items())), files=files)
+    rows_total = sum(f['rows'] for f in files)
+    summary = (f"local {','.join(roots)}: {len(files)} shards, {sum(f['size'] for f in files) / 1e6:.1f} MB; "
+               f"{rows_total} files, {content_bytes / 1e6:.1f} MB of code in {len(languages)} languages; "
+               f"skipped {dict(sorted(skipped.items()))}; {time.time() - t0:.1f}s")
+    return manifest, summary
+
+
+# --- run, then write the manifest atomically: it appears only when every file in it is verified
+if __name__ == '__main__':
+    try:
+        manifest, summary = download_from_hub() if source == 'hub' else build_local()
+    except Failed as e:
+        die(str(e))
+    write_json(_manifest_path, manifest)
+    print(f"{summary} -> {_manifest_path}")
