@@ -1,0 +1,150 @@
+"""configurator.py: config files, then --key=value overrides, with nanoGPT's sharp edges filed off."""
+import ast
+import os
+import subprocess
+import sys
+
+import pytest
+
+from configurator import configure
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SCRIPT = f'''
+import os, sys
+sys.path.insert(0, {ROOT!r})
+from configurator import configure
+out_dir = 'out'  # a str
+batch_size = 12  # an int
+learning_rate = 6e-4  # a float
+compile = True  # a bool
+wandb_run_name = 'run'
+start = '\\n'
+peak_tflops = None  # None: any type goes
+stop = []  # a list
+betas = (0.9, 0.95)  # a tuple
+max_iters = 100
+lr_decay_iters = 100
+_private = 1  # not config: underscore
+config = configure(globals())
+print(repr(config))
+'''
+
+
+def run(tmp_path, *args):
+    script = tmp_path / 'script.py'
+    script.write_text(SCRIPT)
+    return subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, capture_output=True, text=True)
+
+
+def config_of(tmp_path, *args):
+    p = run(tmp_path, *args)
+    assert p.returncode == 0, p.stderr
+    return ast.literal_eval(p.stdout.strip().splitlines()[-1])
+
+
+def fails(tmp_path, *args):
+    """The one-line error of a bad command line: exit 2, no traceback."""
+    p = run(tmp_path, *args)
+    assert p.returncode == 2, (p.returncode, p.stdout, p.stderr)
+    assert 'Traceback' not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    return p.stderr
+
+
+def test_defaults_come_back_as_the_config_dict(tmp_path):
+    cfg = config_of(tmp_path)
+    assert cfg == dict(out_dir='out', batch_size=12, learning_rate=6e-4, compile=True, wandb_run_name='run',
+                       start='\n', peak_tflops=None, stop=[], betas=(0.9, 0.95), max_iters=100, lr_decay_iters=100)
+
+
+def test_config_files_apply_in_order_then_overrides(tmp_path):
+    (tmp_path / 'a.py').write_text("import math\nbatch_size = 32\nout_dir = 'out-a'\n_helper = math.pi\n")
+    (tmp_path / 'b.py').write_text("batch_size = 64\n")
+    cfg = config_of(tmp_path, 'a.py', 'b.py', '--out_dir=out-cli')
+    assert cfg['batch_size'] == 64 and cfg['out_dir'] == 'out-cli'
+
+
+def test_config_file_can_read_current_values(tmp_path):
+    (tmp_path / 'c.py').write_text("max_iters = 2 * max_iters\nlr_decay_iters = max_iters\n")
+    cfg = config_of(tmp_path, '--max_iters=50', 'c.py')
+    assert cfg['max_iters'] == 100 and cfg['lr_decay_iters'] == 100
+
+
+def test_values_are_literals_with_raw_string_fallback(tmp_path):
+    cfg = config_of(tmp_path, '--batch_size=32', '--learning_rate=3e-4', '--compile=False', '--out_dir=out/x-1')
+    assert (cfg['batch_size'], cfg['learning_rate'], cfg['compile'], cfg['out_dir']) == (32, 3e-4, False, 'out/x-1')
+
+
+def test_value_containing_equals_is_kept_whole(tmp_path):
+    assert config_of(tmp_path, '--start=a=b==c')['start'] == 'a=b==c'
+    assert config_of(tmp_path, '--start=')['start'] == ''
+
+
+def test_unknown_key_exits_naming_it_and_closest_keys(tmp_path):
+    err = fails(tmp_path, '--batch_sise=3')
+    assert 'batch_sise' in err and 'batch_size' in err
+    (tmp_path / 'bad.py').write_text("learning_rat = 1e-3\n")
+    err = fails(tmp_path, 'bad.py')
+    assert 'learning_rat' in err and 'bad.py' in err and 'learning_rate' in err
+
+
+def test_type_mismatch_is_an_error(tmp_path):
+    err = fails(tmp_path, '--batch_size=0.5')
+    assert 'batch_size' in err and '0.5' in err
+    assert 'compile' in fails(tmp_path, '--compile=1')  # not a bool
+    assert 'learning_rate' in fails(tmp_path, '--learning_rate=fast')
+    (tmp_path / 'bad.py').write_text("max_iters = '100'\n")
+    assert 'max_iters' in fails(tmp_path, 'bad.py')
+
+
+def test_int_is_accepted_for_float(tmp_path):
+    cfg = config_of(tmp_path, '--learning_rate=1')
+    assert cfg['learning_rate'] == 1.0 and isinstance(cfg['learning_rate'], float)
+
+
+def test_anything_is_accepted_for_none_default(tmp_path):
+    assert config_of(tmp_path, '--peak_tflops=312')['peak_tflops'] == 312
+    assert config_of(tmp_path, '--peak_tflops=[1, 2]')['peak_tflops'] == [1, 2]
+    assert config_of(tmp_path, '--peak_tflops=abc')['peak_tflops'] == 'abc'
+
+
+def test_comma_string_becomes_list_for_list_default(tmp_path):
+    cfg = config_of(tmp_path, '--stop=foo,bar', '--betas=0.8,0.99')
+    assert cfg['stop'] == ['foo', 'bar'] and cfg['betas'] == (0.8, 0.99)
+    assert config_of(tmp_path, '--stop=["\\n\\n", "a,b"]')['stop'] == ['\n\n', 'a,b']
+
+
+def test_string_default_keeps_raw_string(tmp_path):
+    cfg = config_of(tmp_path, '--wandb_run_name=2024', '--out_dir=None', '--start=[1]')
+    assert cfg['wandb_run_name'] == '2024' and cfg['out_dir'] == 'None' and cfg['start'] == '[1]'
+
+
+def test_missing_config_file_is_a_clear_error(tmp_path):
+    err = fails(tmp_path, 'config/nope.py')
+    assert 'config/nope.py' in err and 'not found' in err
+
+
+def test_key_without_value_is_an_error(tmp_path):
+    err = fails(tmp_path, '--compile')
+    assert '--compile' in err and '--key=value' in err
+
+
+# in-process: configure(globals_dict, argv)
+
+def test_in_process_configure_updates_globals_and_returns_config():
+    import math
+    g = dict(batch_size=12, learning_rate=6e-4, stop=[], math=math, _private=1, helper=lambda: 0)
+    cfg = configure(g, ['--batch_size=8', '--learning_rate=1', '--stop=x'])
+    assert cfg == dict(batch_size=8, learning_rate=1.0, stop=['x'])
+    assert g['batch_size'] == 8 and g['stop'] == ['x'] and g['_private'] == 1
+
+
+def test_in_process_errors_exit_2_with_message(capsys):
+    for argv, words in [(['--batch_sise=1'], ['batch_sise', 'batch_size']),
+                        (['--batch_size=1.5'], ['batch_size', '1.5']),
+                        (['missing_config.py'], ['missing_config.py'])]:
+        with pytest.raises(SystemExit) as e:
+            configure(dict(batch_size=12), argv)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert all(w in err for w in words), err
