@@ -8,8 +8,10 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-# GPT-2's BPE file ships beside the checkout; tiktoken would otherwise download it
-os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(ROOT, '..', 'shared', 'tiktoken_cache'))
+# GPT-2's BPE file ships beside the checkout in our CI; elsewhere tiktoken downloads it as usual
+_BPE_CACHE = os.path.join(ROOT, '..', 'shared', 'tiktoken_cache')
+if os.path.isdir(_BPE_CACHE):
+    os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.abspath(_BPE_CACHE))
 os.environ.setdefault('WANDB_MODE', 'offline')
 STDLIB = sysconfig.get_paths()['stdlib']
 
