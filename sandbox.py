@@ -1,0 +1,217 @@
+"""
+Run untrusted Python (model-written code) in a separate, limited process.
+
+    result = run(program, timeout=5.0)             # 'passed' | 'failed: <last stderr line>' | 'timed out'
+    pool, check = start_pool(workers=8, uid_base=65000, timeout=5.0)
+    future = pool.submit(check, program)           # several programs at once, one process each
+
+'passed' means the program ran to its end and exited 0; calling exit() or sys.exit() before the
+end counts as 'failed'.
+
+What is contained
+- A process per program: `python -I` (isolated mode: no PYTHON* variables, no user site) in a new
+  session, in a throwaway directory that is removed afterwards. When it ends, or when the
+  wall-clock timeout fires, its whole process group is killed, so loops and stray children go too.
+- Resource limits, set in the child before the program starts, soft = hard so it cannot raise
+  them: CPU seconds, address space (an unbounded allocation raises MemoryError), size of any file
+  written, number of processes, no core files. Output goes to /dev/null and a bounded file.
+- A minimal environment: PATH, HOME and TMPDIR inside the sandbox, PYTHONHASHSEED. Nothing is
+  inherited, so tokens and keys in the parent's environment are not visible.
+- A guard in the child that replaces the destructive and process-spawning functions of os, posix,
+  shutil and subprocess (remove, rmtree, rename, chmod, kill, fork, exec*, system, Popen, ...)
+  with ones that raise PermissionError, and refuses to open files for writing outside the sandbox.
+- When the parent runs as root (the usual container): the program runs as an unprivileged uid of
+  its own (uid_base + worker slot; no passwd entry needed). File permissions then protect every
+  file it does not own even if it gets past the guard (ctypes, a C extension), RLIMIT_NPROC
+  counts only its own processes (a fork bomb stops at max_procs), and after each run every
+  process of that uid is killed, including any that left the process group.
+
+What is not
+- As a non-root user, or as root when no interpreter is readable by the sandbox uid, programs run
+  as the calling user: the guard is then all that stands between a program and that user's
+  files, and ctypes gets past it; RLIMIT_NPROC counts all of that user's processes (so a busy
+  user may see forks refused) and does not bind root at all. `isolation()` says which case holds.
+- No network or filesystem namespace: a program can read world-readable files, use the network,
+  and as the sandbox uid create files in world-writable places such as /tmp or /dev/shm (each
+  bounded by the file-size limit, not their number).
+- It is meant for the accidents of model-written code, not as a security boundary against a
+  determined attacker (kernel bugs, side channels).
+"""
+import concurrent.futures
+import os
+import queue
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+
+# The child: set limits, install the guard, run the program as __main__. argv: program, limits.
+RUNNER = r'''
+import sys, resource
+prog = sys.argv[1]
+for name, value in zip(('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_NPROC', 'RLIMIT_CORE'), sys.argv[2:7]):
+    lim, value = getattr(resource, name), int(value)
+    soft, hard = resource.getrlimit(lim)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(lim, (value, value))
+with open(prog) as f:
+    code = compile(f.read(), prog, 'exec')
+
+import builtins, io, os, posix, shutil, subprocess
+home = os.path.realpath(os.getcwd())
+
+def blocked(name):
+    def refuse(*args, **kwargs):
+        raise PermissionError(f"{name}() is disabled in the sandbox")
+    return refuse
+
+OS = ('system', 'popen', 'fork', 'forkpty', 'posix_spawn', 'posix_spawnp',
+      'spawnl', 'spawnle', 'spawnlp', 'spawnlpe', 'spawnv', 'spawnve', 'spawnvp', 'spawnvpe',
+      'execl', 'execle', 'execlp', 'execlpe', 'execv', 'execve', 'execvp', 'execvpe', '_exit',
+      'kill', 'killpg', 'remove', 'unlink', 'rmdir', 'removedirs', 'rename', 'renames', 'replace',
+      'truncate', 'link', 'symlink', 'mkfifo', 'mknod', 'chmod', 'fchmod', 'lchmod', 'chown',
+      'fchown', 'lchown', 'chflags', 'lchflags', 'chroot', 'chdir', 'fchdir', 'setuid', 'seteuid',
+      'setreuid', 'setresuid', 'setgid', 'setegid', 'setregid', 'setresgid', 'setgroups', 'setsid',
+      'setpgid', 'setpgrp', 'putenv', 'unsetenv', 'plock', 'nice', 'sched_setaffinity')
+for mod, names in ((os, OS), (posix, OS),
+                   (shutil, ('rmtree', 'move', 'copy', 'copy2', 'copyfile', 'copytree', 'chown')),
+                   (subprocess, ('Popen', 'run', 'call', 'check_call', 'check_output', 'getoutput',
+                                 'getstatusoutput'))):
+    for name in names:
+        if hasattr(mod, name):
+            setattr(mod, name, blocked(f"{mod.__name__}.{name}"))
+
+def inside(path):
+    return os.path.realpath(os.fspath(path)).startswith(home + os.sep)
+
+real_open, real_os_open = io.open, posix.open
+def guarded_open(file, mode='r', *args, **kwargs):
+    if not isinstance(file, int) and any(c in mode for c in 'wax+') and not inside(file):
+        raise PermissionError(f"writing {file!r} outside the sandbox is disabled")
+    return real_open(file, mode, *args, **kwargs)
+def guarded_os_open(path, flags, *args, **kwargs):
+    writes = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+    if flags & writes and not inside(path):
+        raise PermissionError(f"writing {path!r} outside the sandbox is disabled")
+    return real_os_open(path, flags, *args, **kwargs)
+builtins.open = io.open = guarded_open
+os.open = posix.open = guarded_os_open
+for name in ('exit', 'quit'):  # a program that ends early has not passed; sys.exit is caught below
+    builtins.__dict__.pop(name, None)
+
+try:
+    exec(code, {'__name__': '__main__', '__file__': prog, '__builtins__': builtins})
+except SystemExit as e:
+    sys.stderr.write(f"SystemExit({e.code!r}) before the program's end\n")
+    raise SystemExit(3)
+'''
+
+SWEEP = 'import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError: pass'
+
+
+def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file_mb=16,
+        uid=None, python=None, root=None):
+    """Execute one program in a fresh sandbox: 'passed', 'failed: <why>' or 'timed out'."""
+    python = python or sys.executable
+    cpu_s = cpu_s or int(timeout) + 1
+    home = tempfile.mkdtemp(prefix='sbx_', dir=root)
+    try:
+        path = os.path.join(home, 'program.py')
+        with open(path, 'w') as f:
+            f.write(program)
+        drop = {}
+        if uid is not None:
+            os.chown(home, uid, uid)
+            os.chown(path, uid, uid)
+            drop = dict(user=uid, group=uid, extra_groups=[])
+        env = {'PATH': '/usr/bin:/bin', 'HOME': home, 'TMPDIR': home, 'PYTHONHASHSEED': '0', 'LANG': 'C.UTF-8'}
+        limits = [memory_mb << 20, cpu_s, max_file_mb << 20, max_procs, 0]
+        with tempfile.TemporaryFile() as err:  # a file, not a pipe: endless output cannot fill our memory
+            p = subprocess.Popen([python, '-I', '-c', RUNNER, path, *map(str, limits)], cwd=home, env=env,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+                                 start_new_session=True, close_fds=True, **drop)
+            timed_out = not wait_unreaped(p, timeout)
+            try:  # the leader is not reaped yet, so its group id cannot have been reused
+                os.killpg(p.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            code = p.wait()
+            if uid is not None:
+                sweep(uid, python)
+            err.seek(max(0, err.seek(0, os.SEEK_END) - 4096))
+            tail = err.read().decode('utf-8', 'replace').strip().splitlines()
+        if timed_out:
+            return 'timed out'
+        if code == 0:
+            return 'passed'
+        why = tail[-1] if tail else (f"killed by signal {-code}" if code < 0 else f"exit code {code}")
+        return f"failed: {why[:300]}"
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def wait_unreaped(p, timeout):
+    """Wait up to timeout seconds for p to exit without reaping it; True if it exited."""
+    try:
+        fd = os.pidfd_open(p.pid)
+    except (AttributeError, OSError):  # no pidfd (old kernel or Python): reap, at a tiny pgid-reuse risk
+        try:
+            p.wait(timeout)
+            return True
+        except subprocess.TimeoutExpired:
+            return False
+    try:
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
+
+
+def sweep(uid, python):
+    """Kill every process of the sandbox uid (also ones that left the group), if there are any."""
+    for pid in os.listdir('/proc'):
+        try:
+            if pid.isdigit() and os.stat(f'/proc/{pid}').st_uid == uid:
+                break
+        except OSError:
+            pass
+    else:
+        return
+    # kill(-1) from a process of that uid reaches exactly that uid's processes, without pid races
+    subprocess.run([python, '-I', '-S', '-c', SWEEP], user=uid, group=uid, extra_groups=[], env={}, cwd='/',
+                   stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def isolation(uid_base=65000):
+    """(uid_base or None, interpreter, description): drop to per-worker uids when root and possible."""
+    if uid_base is None or uid_base < 0:
+        return None, sys.executable, 'same user (uid drop turned off)'
+    if os.geteuid() != 0:
+        return None, sys.executable, f'same user (uid {os.geteuid()}: not root, cannot drop to another uid)'
+    for python in dict.fromkeys([sys.executable, shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin')]):
+        try:
+            if python and run('pass', timeout=30, uid=uid_base, python=python) == 'passed':
+                return uid_base, python, f'uid {uid_base}+worker, {python}'
+        except OSError:  # that uid cannot execute it
+            pass
+    return None, sys.executable, (f'same user (root; no interpreter readable by uid {uid_base}: '
+                                  f'{sys.executable} sits in a private folder)')
+
+
+def start_pool(workers, uid_base=None, python=None, **limits):
+    """A thread pool and a check(program) for it; worker slot i runs programs as uid_base + i."""
+    slots = queue.SimpleQueue()
+    for i in range(workers):
+        slots.put(i)
+
+    def check(program):
+        slot = slots.get()  # never waits: the pool has exactly `workers` threads
+        try:
+            uid = None if uid_base is None else uid_base + slot
+            return run(program, uid=uid, python=python, **limits)
+        finally:
+            slots.put(slot)
+
+    return concurrent.futures.ThreadPoolExecutor(workers), check

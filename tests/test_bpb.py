@@ -1,0 +1,92 @@
+"""eval_bpb.py: per-language bits per byte equal the hand-computed loss x tokens / bytes / ln 2 of the
+same windows, and land in a JSON file."""
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import shards
+from checkpoint import save_checkpoint
+from conftest import code_rows, run_script
+from github_code import language_of, language_slug
+from model import GPT, GPTConfig
+
+ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
+
+
+def token_dir(path, languages=('Python', 'C', 'Markdown')):
+    """val_<slug>.npy per language from real local code (<|endoftext|> before each document), a
+    train shard and the manifest."""
+    enc = shards.get_encoding()
+    os.makedirs(path, exist_ok=True)
+    val, train = [], []
+    for lang in languages:
+        docs = [r['content'] for r in code_rows() if language_of(r['path']) == lang][:12]
+        assert docs, f'no local {lang} files for the fixture'
+        ids = []
+        for d in docs:
+            ids += [shards.EOT] + enc.encode_ordinary(d)
+        tokens = np.array(ids, dtype=np.uint16)
+        name = shards.val_name(language_slug(lang))
+        shards.save_shard(os.path.join(path, name), tokens)
+        val.append({'file': name, 'language': lang, 'tokens': len(tokens), 'documents': len(docs),
+                    'bytes': sum(len(d.encode('utf-8')) for d in docs)})
+        train.append(tokens)
+    shards.save_shard(os.path.join(path, shards.train_name(0)), np.concatenate(train))
+    manifest = {'encoding': shards.ENCODING, 'eot': shards.EOT, 'vocab_size': shards.VOCAB_SIZE, 'dtype': 'uint16',
+                'train': [{'file': shards.train_name(0), 'tokens': int(sum(map(len, train)))}], 'val': val}
+    with open(os.path.join(path, 'manifest.json'), 'w') as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+def tiny_checkpoint(path):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**ARGS))
+    save_checkpoint({'model': model.state_dict(), 'model_args': ARGS, 'iter_num': 3, 'best_val_loss': 1e9,
+                     'config': {}}, path)
+    return model.eval()
+
+
+def test_bpb_equals_hand_computed_loss_per_byte_of_the_same_windows(tmp_path):
+    manifest = token_dir(tmp_path / 'tokens')
+    model = tiny_checkpoint(tmp_path / 'ckpt.pt')
+    T, max_tokens = 32, 2000
+    out = tmp_path / 'bpb.json'
+    p = run_script('eval_bpb.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path / "tokens"}', '--device=cpu',
+                   f'--block_size={T}', f'--max_tokens={max_tokens}', '--batch_size=5', f'--out_file={out}')
+    got = json.load(open(out))
+    assert got['block_size'] == T and got['iter_num'] == 3
+    enc = shards.get_encoding()
+    capped = []
+    for entry in manifest['val']:
+        tokens = np.load(tmp_path / 'tokens' / entry['file'])
+        w = torch.from_numpy(shards.val_windows(tokens, T, max_tokens // T))  # (n, T+1)
+        capped.append(len(w) == max_tokens // T)  # a subset of the val set, or all of a small one
+        with torch.no_grad():
+            logits, _ = model(w[:, :-1].contiguous(), targets=w[:, 1:].contiguous())
+        nats = F.cross_entropy(logits.view(-1, logits.size(-1)), w[:, 1:].reshape(-1), reduction='sum').item()
+        # the UTF-8 bytes the scored tokens stand for, document separators excluded
+        nbytes = sum(len(enc.decode_bytes([t for t in row if t != shards.EOT])) for row in w[:, 1:].tolist())
+        r = got['languages'][entry['language']]
+        assert r['tokens'] == w[:, 1:].numel() and r['bytes'] == nbytes
+        assert r['bpb'] == pytest.approx(nats / nbytes / math.log(2), rel=1e-5)
+        assert r['loss'] == pytest.approx(nats / w[:, 1:].numel(), rel=1e-5)
+        assert entry['language'] in p.stdout
+    assert any(capped) and not all(capped)
+    total_bits = sum(r['loss'] * r['tokens'] for r in got['languages'].values()) / math.log(2)
+    assert got['all']['bpb'] == pytest.approx(total_bits / got['all']['bytes'], rel=1e-6)
+    assert 'bpb: all' in p.stdout.splitlines()[-1]
+
+
+def test_missing_language_is_a_one_line_error(tmp_path):
+    token_dir(tmp_path / 'tokens', languages=('Python',))
+    tiny_checkpoint(tmp_path / 'ckpt.pt')
+    p = run_script('eval_bpb.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path / "tokens"}', '--device=cpu',
+                   '--languages=Rust', check=False)
+    assert p.returncode == 2 and p.stderr.startswith('error:') and 'Rust' in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1

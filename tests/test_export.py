@@ -1,0 +1,79 @@
+"""export_hf.py: the folder loads as transformers' GPT2LMHeadModel and gives our logits (fp32, < 1e-4)
+on real code, with and without biases, and its tokenizer encodes code exactly as tiktoken does."""
+import json
+import os
+
+import pytest
+import torch
+
+import shards
+from checkpoint import save_checkpoint
+from conftest import code_rows, run_script
+from model import GPT, GPTConfig
+
+transformers = pytest.importorskip('transformers', reason='pip install transformers safetensors')
+
+
+def noisy_checkpoint(path, bias):
+    """A tiny GPT whose every weight (LayerNorm gains and biases too) is random, so a missed
+    transpose or a dropped bias shows in the logits."""
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=4, n_embd=64, block_size=128, vocab_size=50304, bias=bias, dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    save_checkpoint({'model': model.state_dict(), 'model_args': args, 'iter_num': 11, 'best_val_loss': 1e9,
+                     'config': {}}, path)
+    return model.eval()
+
+
+def code_tokens(n_docs=4, length=128):
+    enc = shards.get_encoding()
+    stream = []
+    for r in code_rows():
+        if r['path'].endswith(('.py', '.c', '.h')) and len(stream) < n_docs * length:
+            stream += [shards.EOT] + enc.encode_ordinary(r['content'])
+    return torch.tensor(stream[:n_docs * length]).view(n_docs, length)  # (b, t), documents and their borders
+
+
+@pytest.mark.parametrize('bias', [False, True], ids=['no-bias', 'bias'])
+def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias):
+    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', bias)
+    p = run_script('export_hf.py', f'--out_dir={tmp_path}', '--tokenizer=False', '--verify=False')
+    folder = tmp_path / 'hf'
+    assert {'config.json', 'model.safetensors'} <= set(os.listdir(folder))
+    cfg = json.load(open(folder / 'config.json'))
+    assert cfg['vocab_size'] == 50257 and cfg['n_positions'] == 128 and cfg['activation_function'] == 'gelu'
+    assert cfg['layer_norm_epsilon'] == 1e-5 and cfg['tie_word_embeddings'] is True
+    hf = transformers.GPT2LMHeadModel.from_pretrained(folder).float().eval()
+    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
+    x = code_tokens()
+    with torch.no_grad():
+        ours, _ = model(x, targets=x)  # with targets: every position's logits, (b, t, 50304)
+        theirs = hf(x).logits  # (b, t, 50257)
+    assert theirs.shape == (*x.shape, 50257)
+    assert (ours[..., :50257] - theirs).abs().max().item() < 1e-4
+    assert 'export:' in p.stdout
+
+
+def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):
+    noisy_checkpoint(tmp_path / 'ckpt.pt', False)
+    folder = tmp_path / 'gpt2-code'
+    p = run_script('export_hf.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--export_dir={folder}')
+    assert 'logits match ours' in p.stdout  # the script's own check ran
+    assert {'vocab.json', 'merges.txt', 'tokenizer_config.json'} <= set(os.listdir(folder))
+    tok = transformers.AutoTokenizer.from_pretrained(folder)
+    enc = shards.get_encoding()
+    texts = [r['content'] for r in code_rows()[::7][:40]]
+    texts += ["x  = 'héllo' \t\n\n  # 中文 ünïcode 🙂\r\n", "it's   they'll\n\n\n    ", '']
+    for text in texts:
+        ids = tok(text)['input_ids']
+        assert ids == enc.encode_ordinary(text)
+        assert tok.decode(ids) == text
+    assert tok.eos_token_id == shards.EOT and tok.convert_tokens_to_ids('<|endoftext|>') == shards.EOT
+    # a second export over the same folder replaces it whole
+    run_script('export_hf.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--export_dir={folder}', '--tokenizer=False',
+               '--verify=False')
+    assert 'vocab.json' not in os.listdir(folder)
+    assert not [n for n in os.listdir(tmp_path) if '.tmp' in n or '.old' in n]

