@@ -1,0 +1,311 @@
+"""train.py through its command line, on a token directory made here from real local code."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import ROOT, code_rows, run_script
+
+import shards
+from github_code import language_of, language_slug
+
+# a model small enough for a 2-core CPU: the 50304-row embedding is most of it
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
+        '--gradient_accumulation_steps=2', '--eval_iters=2', '--log_interval=1', '--compile=False',
+        '--device=cpu', '--dtype=float32', '--warmup_iters=2', '--learning_rate=3e-3', '--min_lr=3e-4']
+VAL_LANGUAGES = ['Python', 'C', 'C++']  # each keeps its last documents for val
+TINY_VAL_LANGUAGE = 'Shell'  # one short script: fewer tokens than block_size+1 at 1024
+
+
+def make_token_dir(path, rows):
+    """A token directory in shards.py's format: 2 train shards, val files for a few languages."""
+    enc = shards.get_encoding()
+    os.makedirs(path)
+    by_lang = {}
+    for r in rows:
+        by_lang.setdefault(language_of(r['path']), []).append(r['content'])
+    train_docs, val_docs = [], {}
+    for lang, docs in by_lang.items():
+        if lang in VAL_LANGUAGES:
+            train_docs += docs[:-4]
+            val_docs[lang] = docs[-4:]
+        elif lang == TINY_VAL_LANGUAGE:
+            val_docs[lang] = docs
+        else:
+            train_docs += docs
+
+    def encode(docs):
+        out = []
+        for d in docs:
+            out += [shards.EOT] + enc.encode_ordinary(d)
+        return np.array(out, dtype=shards.DTYPE)
+
+    half = len(train_docs) // 2
+    train = []
+    for i, docs in enumerate([train_docs[:half], train_docs[half:]]):
+        tokens = encode(docs)
+        shards.save_shard(os.path.join(path, shards.train_name(i)), tokens)
+        train.append({'file': shards.train_name(i), 'tokens': len(tokens)})
+    val = []
+    for lang, docs in val_docs.items():
+        tokens = encode(docs)
+        name = shards.val_name(language_slug(lang))
+        shards.save_shard(os.path.join(path, name), tokens)
+        val.append({'file': name, 'language': lang, 'tokens': len(tokens),
+                    'bytes': sum(len(d.encode()) for d in docs), 'documents': len(docs)})
+    manifest = {'encoding': shards.ENCODING, 'eot': shards.EOT, 'vocab_size': shards.VOCAB_SIZE,
+                'dtype': 'uint16', 'train': train, 'val': val}
+    with open(os.path.join(path, 'manifest.json'), 'w') as f:
+        json.dump(manifest, f)
+    return manifest
+
+
+@pytest.fixture(scope='session')
+def token_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('tokens') / 'tokens')
+    make_token_dir(path, code_rows())
+    return path
+
+
+def train(token_dir, out_dir, *args, check=True, env=None):
+    return run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out_dir}', *args,
+                      check=check, env=env)
+
+
+def read_log(out_dir):
+    with open(os.path.join(out_dir, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def train_losses(events):
+    return {e['iter']: e['loss'] for e in events if e['event'] == 'train'}  # a resumed step's entry wins
+
+
+def load(path):
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def assert_one_line_error(p, *needles):
+    assert p.returncode != 0, p.stdout
+    err = p.stderr.strip()
+    assert 'Traceback' not in err, err
+    last = err.splitlines()[-1]
+    assert last.startswith('error:'), err
+    for n in needles:
+        assert n in last, last
+
+
+# --- the first eval, logs and plots ----------------------------------------------------------------
+
+def test_init_loss_is_ln_vocab_and_logs_and_plot_are_written(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    # narrow, because with tied embeddings an input token's own logit starts near 0.02*n_embd/sqrt(2):
+    # on code, where a token often repeats, a wide model's init loss dips below ln(vocab)
+    p = train(token_dir, out, '--max_iters=3', '--eval_interval=3', '--n_embd=16')
+    assert 'M total' in p.stdout and 'non-embedding' in p.stdout
+    events = read_log(out)
+    evals = [e for e in events if e['event'] == 'eval']
+    assert [e['iter'] for e in evals] == [0, 3]
+    init = evals[0]
+    assert abs(init['val_loss'] - math.log(50304)) < 0.1, init
+    assert abs(init['train_loss'] - math.log(50304)) < 0.1, init
+    # every val language is scored (the short one has 33 tokens at block 32), with bits per byte
+    assert set(init['val']) == set(VAL_LANGUAGES) | {TINY_VAL_LANGUAGE} and 'skipping' not in p.stdout
+    assert all(0 < v['bpb'] < 10 for v in init['val'].values())
+    # the overall loss weights each language by its val token count
+    m = json.load(open(os.path.join(token_dir, 'manifest.json')))
+    w = {e['language']: e['tokens'] for e in m['val']}
+    assert math.isclose(init['val_loss'], sum(init['val'][k]['loss'] * w[k] for k in w) / sum(w.values()))
+    assert sorted(train_losses(events)) == [0, 1, 2]
+    assert [e['event'] for e in events][0] == 'start' and events[-1]['event'] == 'end'
+    end = events[-1]
+    assert end['tokens'] == 3 * 2 * 4 * 32 and end['flops'] > 0 and end['best_iter'] is not None
+    png = (out / 'loss.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'
+    ckpt = load(out / 'ckpt.pt')
+    assert ckpt['iter_num'] == 3 and not any(k.startswith(('_orig_mod.', 'module.')) for k in ckpt['model'])
+    assert 'done' in p.stdout and 'FLOPs' in p.stdout
+
+
+def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
+    m = json.load(open(os.path.join(token_dir, 'manifest.json')))
+    short = next(e for e in m['val'] if e['language'] == TINY_VAL_LANGUAGE)['tokens']
+    block = short + 10  # longer than the short val file, shorter than the train shards
+    p = train(token_dir, tmp_path / 'out', '--max_iters=0', f'--block_size={block}', '--batch_size=1',
+              '--n_embd=16', '--eval_iters=1')
+    assert p.stdout.count(f'skipping val language {TINY_VAL_LANGUAGE}') == 1
+    ev = next(e for e in read_log(tmp_path / 'out') if e['event'] == 'eval')
+    assert TINY_VAL_LANGUAGE not in ev['val'] and set(ev['val']) == set(VAL_LANGUAGES)
+
+
+def test_tiny_model_overfits_one_batch():
+    from model import GPT, GPTConfig
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(block_size=16, vocab_size=128, n_layer=2, n_head=2, n_embd=64))
+    opt = model.configure_optimizers(0.0, 3e-3, (0.9, 0.95), 'cpu')
+    xy = torch.randint(0, 128, (4, 17))
+    for _ in range(150):
+        _, loss = model(xy[:, :-1], xy[:, 1:].contiguous())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.1, loss.item()
+
+
+# --- resume, best checkpoint, early stop ----------------------------------------------------------
+
+def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path):
+    # dropout on, so the resumed run must also restore the RNG
+    common = ['--eval_interval=4', '--dropout=0.1']
+    straight, split = tmp_path / 'straight', tmp_path / 'split'
+    train(token_dir, straight, '--max_iters=8', *common)
+    train(token_dir, split, '--max_iters=4', *common)
+    p = train(token_dir, split, '--max_iters=8', '--init_from=resume', *common)
+    assert 'resuming' in p.stdout
+    a, b = train_losses(read_log(straight)), train_losses(read_log(split))
+    assert sorted(a) == list(range(8)) and a == b  # floats compared exactly
+    ca, cb = load(straight / 'ckpt.pt'), load(split / 'ckpt.pt')
+    assert ca['iter_num'] == cb['iter_num'] == 8 and ca['tokens_seen'] == cb['tokens_seen']
+    assert ca['model'].keys() == cb['model'].keys()
+    assert all(torch.equal(ca['model'][k], cb['model'][k]) for k in ca['model'])
+    sa, sb = ca['optimizer']['state'], cb['optimizer']['state']
+    assert all(torch.equal(sa[i]['exp_avg_sq'], sb[i]['exp_avg_sq']) for i in sa)
+    assert [e['event'] for e in read_log(split)].count('start') == 2  # the log is appended
+
+
+def test_best_checkpoint_is_lowest_val_loss_and_early_stop_after_patience(token_dir, tmp_path):
+    # a learning rate far too high after a short warmup: val loss soon rises and stays up
+    out = tmp_path / 'out'
+    p = train(token_dir, out, '--max_iters=200', '--eval_interval=2', '--early_stop_patience=3',
+              '--learning_rate=0.5', '--warmup_iters=4', '--lr_decay_iters=200', '--min_lr=0.5')
+    events = read_log(out)
+    evals = [e for e in events if e['event'] == 'eval']
+    losses = [e['val_loss'] for e in evals]
+    best = int(np.argmin(losses))
+    assert len(evals) - 1 - best == 3, losses  # stopped at the 3rd eval without a new best
+    assert all(v >= losses[best] for v in losses[best:])
+    stop = [e for e in events if e['event'] == 'early_stop']
+    assert len(stop) == 1 and stop[0]['best_iter'] == evals[best]['iter'] and stop[0]['iter'] == evals[-1]['iter']
+    assert 'early stop' in p.stdout and events[-1]['reason'] == 'early_stop'
+    ck_best = load(out / 'ckpt_best.pt')
+    assert ck_best['iter_num'] == evals[best]['iter'] and ck_best['best_val_loss'] == losses[best]
+    assert load(out / 'ckpt.pt')['iter_num'] == evals[-1]['iter']
+
+
+# --- stopping: signals and non-finite losses -------------------------------------------------------
+
+def test_sigterm_writes_checkpoint_and_exits_zero(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY, f'--data_dir={token_dir}', f'--out_dir={out}',
+           '--max_iters=100000', '--eval_interval=100000']
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith('step '):
+                break
+        proc.send_signal(signal.SIGTERM)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert 'stopped by signal' in stdout
+    ck = load(out / 'ckpt.pt')
+    assert ck['iter_num'] > 0
+    assert read_log(out)[-1]['reason'] == 'signal'
+    # and it resumes from there
+    p = train(token_dir, out, '--init_from=resume', f'--max_iters={ck["iter_num"] + 1}', '--eval_interval=100000')
+    assert load(out / 'ckpt.pt')['iter_num'] == ck['iter_num'] + 1, p.stdout
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_checkpoint(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    train(token_dir, out, '--max_iters=2', '--eval_interval=2')
+    before = load(out / 'ckpt.pt')
+    # weight decay at lr 1e9 multiplies every matrix by -1e8 per step: float32 overflows within a few steps
+    p = train(token_dir, out, '--init_from=resume', '--max_iters=40', '--eval_interval=20', '--log_interval=10',
+              '--learning_rate=1e9', '--min_lr=1e9', check=False)
+    assert_one_line_error(p, 'non-finite loss at step', 'ckpt.pt (step 2)')
+    step = int(p.stderr.split('non-finite loss at step ')[1].split(';')[0])
+    assert 2 <= step < 10
+    after = load(out / 'ckpt.pt')
+    assert after['iter_num'] == 2 and all(torch.equal(before['model'][k], after['model'][k]) for k in before['model'])
+
+
+# --- DDP ------------------------------------------------------------------------------------------
+
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(token_dir, tmp_path):
+    args = [*TINY, f'--data_dir={token_dir}', '--max_iters=4', '--eval_interval=4', '--gradient_accumulation_steps=4']
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    run_script('train.py', *args, f'--out_dir={one}')
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'train.py'), *args, f'--out_dir={two}']
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert '2 rank(s) x 2 micro-batches' in p.stdout
+    a, b = train_losses(read_log(one)), train_losses(read_log(two))
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    assert np.allclose([a[i] for i in a], [b[i] for i in a], rtol=1e-5, atol=1e-6), (a, b)
+    ea = [e for e in read_log(one) if e['event'] == 'eval']
+    eb = [e for e in read_log(two) if e['event'] == 'eval']
+    assert np.allclose([e['val_loss'] for e in ea], [e['val_loss'] for e in eb], rtol=1e-5)
+    ca, cb = load(one / 'ckpt.pt'), load(two / 'ckpt.pt')
+    assert all(torch.allclose(ca['model'][k], cb['model'][k], rtol=1e-4, atol=1e-6) for k in ca['model'])
+    assert len(cb['rng']) == 2  # each rank's RNG state, for exact resume
+
+
+# --- wandb --------------------------------------------------------------------------------------------
+
+def test_wandb_offline_writes_a_run_dir(token_dir, tmp_path):
+    pytest.importorskip('wandb')
+    out = tmp_path / 'out'
+    train(token_dir, out, '--max_iters=2', '--eval_interval=2', '--wandb_log=True', '--wandb_run_name=test',
+          env={'WANDB_MODE': 'offline', 'WANDB_SILENT': 'true'})
+    runs = [d for d in os.listdir(out / 'wandb') if d.startswith('offline-run-')]
+    assert runs, os.listdir(out / 'wandb')
+
+
+# --- configs and bad inputs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['train_github_code_124m', 'train_github_code_124m_chinchilla', 'train_tiny'])
+def test_config_files_are_valid(name, tmp_path):
+    # every key is known to train.py (else exit 2), so the run gets as far as the missing data
+    p = run_script('train.py', f'config/{name}.py', f'--data_dir={tmp_path / "none"}', check=False)
+    assert_one_line_error(p, 'does not exist')
+    assert p.returncode == 1
+
+
+def test_config_values():
+    def read(name):
+        scope = {}
+        exec(open(os.path.join(ROOT, 'config', f'{name}.py')).read(), scope)
+        return scope
+    ref, chin = read('train_github_code_124m'), read('train_github_code_124m_chinchilla')
+    tokens_per_step = lambda c: c['batch_size'] * c['gradient_accumulation_steps'] * c['block_size']
+    assert tokens_per_step(ref) == tokens_per_step(chin) == 32768
+    assert (ref['n_layer'], ref['n_head'], ref['n_embd'], ref['max_iters']) == (12, 12, 768, 427000)
+    assert chin['max_iters'] == chin['lr_decay_iters'] == 80000 and chin['early_stop_patience'] > 0
+    assert 2.5e9 < chin['max_iters'] * tokens_per_step(chin) < 2.7e9
+    assert ref['out_dir'] == 'out-github-code-124m' and chin['out_dir'] == 'out-github-code-124m-chinchilla'
+
+
+def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
+    p = train(tmp_path / 'missing', tmp_path / 'o1', '--max_iters=1', check=False)
+    assert_one_line_error(p, 'missing', 'does not exist')
+    p = train(token_dir, tmp_path / 'o2', '--block_size=300000', check=False)
+    assert_one_line_error(p, 'block_size 300000 is larger than every train shard', 'longest', '--block_size')
+    p = train(token_dir, tmp_path / 'o3', '--init_from=resume', check=False)
+    assert_one_line_error(p, 'ckpt.pt does not exist')
+    p = train(token_dir, tmp_path / 'o4', '--max_itres=3', check=False)
+    assert p.returncode == 2 and 'max_itres' in p.stderr and 'max_iters' in p.stderr
+    # a checkpoint of another shape
+    train(token_dir, tmp_path / 'o5', '--max_iters=0')
+    p = train(token_dir, tmp_path / 'o5', '--init_from=resume', '--n_layer=3', '--n_embd=64', check=False)
+    assert_one_line_error(p, 'another shape', 'n_layer=2 (config: 3)', 'n_embd=32 (config: 64)')

@@ -1,0 +1,484 @@
+"""
+Pretrain GPT-2 on a token directory (see shards.py), nanoGPT style, on one GPU, a CPU, or many
+GPUs with DDP.
+
+Reads  data_dir/{train_*.npy, val_<language>.npy, manifest.json}
+Writes out_dir/ckpt.pt (latest, resumable), out_dir/ckpt_best.pt (lowest overall val loss),
+       out_dir/log.jsonl (one JSON object per event) and out_dir/loss.png
+
+    python train.py config/train_tiny.py                              # a CPU, a few minutes
+    python train.py config/train_github_code_124m.py                  # one GPU
+    torchrun --standalone --nproc_per_node=8 train.py config/train_github_code_124m.py
+    python train.py config/train_github_code_124m.py --init_from=resume   # continue exactly
+
+SIGTERM/SIGINT write ckpt.pt at the end of the current step and exit 0.
+"""
+import functools
+import json
+import math
+import os
+import signal
+import time
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import shards
+from atomic import atomic_path
+from checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from configurator import configure
+from model import GPT, GPTConfig, peak_flops
+
+# -----------------------------------------------------------------------------
+# config: the defaults are the reference run (GPT-2 124M, 32,768 tokens per step)
+# I/O
+out_dir = 'out'  # checkpoints, log.jsonl and loss.png go here
+data_dir = 'data/github-code/tokens'  # token directory written by the tokenize stage
+init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+eval_interval = 1000  # steps between evals (each also writes ckpt.pt)
+eval_iters = 20  # eval batches: val windows per language = eval_iters * batch_size
+log_interval = 10  # steps between console/log lines (the only host syncs in a CUDA step)
+early_stop_patience = 0  # stop after this many evals without a new best val loss; 0 = off
+# wandb
+wandb_log = False  # log to Weights & Biases (WANDB_MODE=offline works)
+wandb_project = 'github-code'
+wandb_run_name = 'gpt2-124m'
+# data
+batch_size = 4  # micro-batch, sequences per rank per forward
+gradient_accumulation_steps = 8  # micro-batches per step, all ranks together (divided among them)
+block_size = 1024  # context length in tokens
+seed = 1337  # model init, batch order and dropout all follow from it
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
+bias = False  # bias in Linears and LayerNorms
+vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64 for faster matmuls
+# AdamW
+learning_rate = 6e-4  # peak learning rate
+max_iters = 427000  # total optimizer steps
+weight_decay = 0.1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip the global gradient norm at this value; 0 = off
+# learning rate schedule: linear warmup, then cosine down to min_lr
+decay_lr = True
+warmup_iters = 2000  # steps of linear warmup
+lr_decay_iters = 427000  # step where the cosine reaches min_lr (~max_iters per Chinchilla)
+min_lr = 6e-5  # ~learning_rate/10 per Chinchilla
+# system
+device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps'
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # 'float32', 'bfloat16' or 'float16'
+compile = True  # torch.compile the model (applied on CUDA only)
+backend = 'nccl'  # DDP backend; gloo is used when the device is a CPU
+peak_tflops = None  # the GPU's dense bf16 peak for MFU; None = look the card up (no MFU if unknown)
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+
+def die(msg):
+    raise SystemExit(f"error: {msg}")
+
+
+# --- distributed setup -----------------------------------------------------------------------
+ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
+if ddp:
+    rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
+    if device.startswith('cuda'):
+        device = f'cuda:{local_rank}'
+        torch.cuda.set_device(device)
+    dist.init_process_group(backend=backend if device.startswith('cuda') else 'gloo')
+else:
+    rank, local_rank, world = 0, 0, 1
+master = rank == 0  # only rank 0 writes checkpoints and logs
+device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+if gradient_accumulation_steps % world:
+    die(f"gradient_accumulation_steps {gradient_accumulation_steps} is not divisible by the {world} ranks; "
+        f"pass --gradient_accumulation_steps=<a multiple of {world}>")
+accum = gradient_accumulation_steps // world  # micro-batches per rank per step
+tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
+say = functools.partial(print, flush=True) if master else (lambda *a, **k: None)
+say(f"tokens per step: {tokens_per_iter:,} ({world} rank(s) x {accum} micro-batches x {batch_size} x {block_size})")
+
+torch.manual_seed(seed)  # the same init on every rank
+torch.backends.cuda.matmul.allow_tf32 = True
+torch.backends.cudnn.allow_tf32 = True
+ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(dtype)
+if ptdtype is None:
+    die(f"dtype '{dtype}' is not one of float32, bfloat16, float16")
+autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+
+# --- data: memory-map every shard once ---------------------------------------------------------
+manifest, train_shards, val_sets = shards.open_shards(data_dir)
+if not train_shards:
+    die(f"{data_dir}/manifest.json lists no train shards; rerun the tokenize stage")
+if manifest.get('vocab_size', shards.VOCAB_SIZE) > vocab_size:
+    die(f"vocab_size {vocab_size} is smaller than the data's {manifest['vocab_size']} tokens; raise --vocab_size")
+cum_starts = shards.window_starts(train_shards, block_size)
+if cum_starts[-1] == 0:
+    die(f"block_size {block_size} is larger than every train shard in {data_dir} "
+        f"(longest {max(len(s) for s in train_shards)} tokens); lower --block_size or tokenize more data")
+TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart from the training stream
+
+
+def fetch(index, seed=seed):
+    """Global micro-batch `index` on the device as (x, y), each (B, T); async copy on CUDA."""
+    xy = torch.from_numpy(shards.get_batch(train_shards, cum_starts, seed, index, batch_size, block_size))
+    if device_type == 'cuda':
+        xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the GPU's work
+    else:
+        xy = xy.to(device)
+    return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
+
+
+# the fixed val windows, the same at every eval so the curves are smooth
+val_tokens = {e['language']: e for e in manifest['val']}
+val_batches = {}
+for lang, tokens in val_sets.items():
+    w = shards.val_windows(tokens, block_size, eval_iters * batch_size)  # (n, T+1)
+    if len(w) == 0:
+        say(f"note: skipping val language {lang}: {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
+        continue
+    val_batches[lang] = torch.from_numpy(w)
+if not val_batches:
+    die(f"no val set in {data_dir} has block_size+1 = {block_size + 1} tokens; lower --block_size")
+
+# --- model and optimizer ----------------------------------------------------------------------
+model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
+                  bias=bias, vocab_size=vocab_size, dropout=dropout)
+model = GPT(GPTConfig(**model_args))
+torch.manual_seed(seed + rank)  # dropout masks differ per rank
+say(f"parameters: {model.num_params() / 1e6:.2f}M total, {model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding")
+iter_num, best_val_loss, best_iter, evals_since_best, last_eval_iter = 0, float('inf'), None, 0, None
+tokens_seen, elapsed_before = 0, 0.0
+ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
+ckpt = None
+if init_from == 'resume':
+    if not os.path.isfile(ckpt_path):
+        die(f"init_from='resume' but {ckpt_path} does not exist; train with --init_from=scratch first")
+    ckpt = load_checkpoint(ckpt_path, 'cpu')
+    # dropout may change on resume (as for finetuning); the shapes may not
+    diff = [k for k in model_args if k != 'dropout' and ckpt['model_args'].get(k) != model_args[k]]
+    if diff:
+        die(f"{ckpt_path} has a model of another shape: " +
+            ', '.join(f"{k}={ckpt['model_args'].get(k)} (config: {model_args[k]})" for k in diff) +
+            f"; pass the checkpoint's values or a fresh --out_dir")
+    model.load_state_dict(ckpt['model'])
+    iter_num, best_val_loss, best_iter = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['best_iter']
+    evals_since_best, last_eval_iter = ckpt['evals_since_best'], ckpt['last_eval_iter']
+    tokens_seen, elapsed_before = ckpt['tokens_seen'], ckpt['elapsed']
+    rng = ckpt['rng'][rank] if len(ckpt['rng']) == world else None
+    if rng is not None:  # same world size: each rank continues its own dropout stream
+        torch.set_rng_state(rng['cpu'])
+        if device_type == 'cuda' and 'cuda' in rng:
+            torch.cuda.set_rng_state(rng['cuda'])
+    else:
+        torch.manual_seed(seed + rank + iter_num)
+    say(f"resuming from {ckpt_path} at step {iter_num}")
+elif init_from != 'scratch':
+    die(f"init_from='{init_from}' is not 'scratch' or 'resume'")
+elif master and os.path.isfile(ckpt_path):
+    print(f"note: starting from scratch over the checkpoints in {out_dir}")
+model.to(device)
+scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))  # float16 needs loss scaling
+optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+if ckpt is not None:
+    optimizer.load_state_dict(ckpt['optimizer'])
+    if ckpt['scaler']:  # empty when saved without float16
+        scaler.load_state_dict(ckpt['scaler'])
+ckpt = None  # free the memory
+raw_model = model  # the plain module: its state_dict has no '_orig_mod.' or 'module.' prefix
+if compile and device_type == 'cuda':
+    say("compiling the model...")
+    model = torch.compile(model)
+eval_model = model  # evals skip DDP's hooks
+if ddp:
+    model = DDP(model, device_ids=[local_rank] if device_type == 'cuda' else None)
+flops_per_token = raw_model.flops_per_token()
+peak = peak_flops(device_type, peak_tflops)
+
+
+def get_lr(it):
+    if not decay_lr:
+        return learning_rate
+    if it < warmup_iters:
+        return learning_rate * (it + 1) / (warmup_iters + 1)
+    if it > lr_decay_iters:
+        return min_lr
+    ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
+    return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+# --- eval --------------------------------------------------------------------------------------
+@torch.no_grad()
+def evaluate():
+    """Mean loss per language on the fixed val windows and on eval_iters fixed train batches.
+
+    Each rank takes every world-th batch; the sums are all_reduced, so all ranks agree.
+    """
+    eval_model.eval()
+    names = list(val_batches) + ['train']
+    sums = torch.zeros(len(names), 2, device=device)  # (languages + train, [loss * windows, windows])
+    for i, lang in enumerate(val_batches):
+        w = val_batches[lang]
+        for b in range(rank * batch_size, len(w), world * batch_size):
+            xy = w[b:b + batch_size].to(device)
+            with autocast:
+                _, loss = eval_model(xy[:, :-1], xy[:, 1:].contiguous())
+            sums[i, 0] += loss.float() * len(xy)
+            sums[i, 1] += len(xy)
+    for b in range(rank, eval_iters, world):
+        x, y = fetch(b, seed=TRAIN_EVAL_SEED)
+        with autocast:
+            _, loss = eval_model(x, y)
+        sums[-1, 0] += loss.float() * len(x)
+        sums[-1, 1] += len(x)
+    if ddp:
+        dist.all_reduce(sums)
+    eval_model.train()
+    means = (sums[:, 0] / sums[:, 1]).tolist()
+    return dict(zip(names, means))
+
+
+# --- logging, checkpoints, signals -------------------------------------------------------------
+log_path = os.path.join(out_dir, 'log.jsonl')
+if master:
+    os.makedirs(out_dir, exist_ok=True)
+
+
+def log(event, **fields):
+    if master:
+        with open(log_path, 'a') as f:
+            f.write(json.dumps({'event': event, **fields}) + '\n')
+        if wandb_run is not None and event in ('train', 'eval'):
+            wandb_run.log({f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float))},
+                          step=fields['iter'])
+
+
+def plot_losses():
+    """Redraw out_dir/loss.png from log.jsonl (a resumed run's curves continue)."""
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    train, val = {}, {}
+    with open(log_path) as f:
+        for e in map(json.loads, f):
+            if e['event'] == 'train':
+                train[e['iter']] = e['loss']
+            elif e['event'] == 'eval':
+                val[e['iter']] = e['val_loss']
+    fig, ax = plt.subplots(figsize=(8, 5))
+    ax.plot(list(train), list(train.values()), lw=0.8, alpha=0.7, label='train (step)')
+    ax.plot(list(val), list(val.values()), 'o-', label='val (overall)')
+    ax.set_xlabel('step')
+    ax.set_ylabel('loss (nats/token)')
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(os.path.join(out_dir, 'loss.png')) as tmp:
+        fig.savefig(tmp, format='png', dpi=100)
+    plt.close(fig)
+
+
+def save(*paths):
+    """Write the checkpoint to each path (ckpt.pt, and ckpt_best.pt on a new best). All ranks call this:
+    it gathers every rank's RNG state, so dropout continues exactly on resume."""
+    rng = {'cpu': torch.get_rng_state()}
+    if device_type == 'cuda':
+        rng['cuda'] = torch.cuda.get_rng_state()
+    rngs = [rng]
+    if ddp:
+        rngs = [None] * world
+        dist.all_gather_object(rngs, rng)
+    if not master:
+        return
+    state = {
+        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
+        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
+        'best_iter': best_iter, 'evals_since_best': evals_since_best, 'last_eval_iter': last_eval_iter,
+        'tokens_seen': tokens_seen, 'elapsed': elapsed_before + time.time() - t_start, 'rng': rngs,
+    }
+    for path in paths:
+        save_checkpoint(state, path)
+        log('checkpoint', iter=iter_num, path=path)
+
+
+stop_signal = False
+
+
+def on_signal(signum, frame):
+    global stop_signal
+    stop_signal = True
+    say(f"\n{signal.Signals(signum).name}: stopping after this step and writing {ckpt_path}")
+
+
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
+
+
+def stop_agreed():
+    if not ddp:
+        return stop_signal
+    flag = torch.tensor([float(stop_signal)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank signalled: all stop at the same step
+    return flag.item() > 0
+
+
+NO_BAD_STEP = 2**62
+first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=device)  # first step with a non-finite loss
+
+
+def check_finite():
+    """A host sync, so only at log/eval/save points; every rank raises, so none hangs in a collective."""
+    bad = first_bad.clone()
+    if ddp:
+        dist.all_reduce(bad, op=dist.ReduceOp.MIN)
+    if bad.item() != NO_BAD_STEP:
+        kept = f"{ckpt_path} (step {last_save_iter}) is kept" if last_save_iter is not None else "no checkpoint written"
+        die(f"non-finite loss at step {bad.item()}; stopped without saving, {kept}; "
+            f"lower --learning_rate or check the data")
+
+
+def gpu_energy_joules():
+    """Energy this GPU has used since the driver loaded, from NVML; None where unavailable."""
+    if device_type != 'cuda':
+        return None
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        # NVML counts devices in PCI order; assumes CUDA_VISIBLE_DEVICES does not reorder them
+        h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0  # mJ -> J
+    except Exception:
+        return None
+
+
+wandb_run = None
+if wandb_log and master:
+    import wandb
+    wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
+
+# --- training loop -----------------------------------------------------------------------------
+log('start', iter=iter_num, init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
+    params=raw_model.num_params(), config=config)
+t_start = time.time()
+energy_start = gpu_energy_joules()
+start_iter, start_tokens, last_save_iter = iter_num, tokens_seen, (iter_num if init_from == 'resume' else None)
+stop_reason = 'max_iters'
+fetch_index = lambda it, micro: it * gradient_accumulation_steps + rank * accum + micro
+x, y = fetch(fetch_index(iter_num, 0))
+t_log, iters_since_log = time.time(), 0
+while True:
+    # a signal: write ckpt.pt at the end of the step and leave
+    if (not ddp or iter_num % log_interval == 0) and stop_agreed():
+        check_finite()
+        if last_save_iter != iter_num:
+            save(ckpt_path)
+        log('stopped', iter=iter_num, reason='signal')
+        say(f"stopped by signal at step {iter_num}; resume with --init_from=resume --out_dir={out_dir}")
+        stop_reason = 'signal'
+        break
+
+    # eval and checkpoint (skipped when the checkpoint we resumed from already has this step's eval)
+    if (iter_num % eval_interval == 0 or iter_num == max_iters) and last_eval_iter != iter_num:
+        check_finite()
+        losses = evaluate()
+        val = {lang: losses[lang] for lang in val_batches}
+        weights = {lang: val_tokens[lang]['tokens'] for lang in val}
+        val_loss = sum(val[k] * weights[k] for k in val) / sum(weights.values())  # token-weighted
+        bpb = {k: shards.bits_per_byte(val[k], val_tokens[k]['tokens'], val_tokens[k]['bytes']) for k in val}
+        say(f"eval step {iter_num}: val loss {val_loss:.4f}, train loss {losses['train']:.4f} | " +
+            ', '.join(f"{k} {val[k]:.3f} ({bpb[k]:.3f} bpb)" for k in val))
+        log('eval', iter=iter_num, val_loss=val_loss, train_loss=losses['train'], tokens=tokens_seen,
+            val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
+        last_eval_iter = iter_num
+        improved = val_loss < best_val_loss
+        if improved:
+            best_val_loss, best_iter, evals_since_best = val_loss, iter_num, 0
+        else:
+            evals_since_best += 1
+        save(ckpt_path, *([best_path] if improved else []))
+        last_save_iter = iter_num
+        if master:
+            plot_losses()
+        if early_stop_patience and evals_since_best >= early_stop_patience:
+            msg = (f"early stop at step {iter_num}: no better val loss in {evals_since_best} evals; "
+                   f"best {best_val_loss:.4f} at step {best_iter} is in {best_path}")
+            say(msg)
+            log('early_stop', iter=iter_num, best_val_loss=best_val_loss, best_iter=best_iter, message=msg)
+            stop_reason = 'early_stop'
+            break
+        t_log = time.time()  # eval time is not step time
+
+    if iter_num >= max_iters:
+        break
+
+    # one optimizer step: accum micro-batches per rank, gradients synced on the last one only
+    lr = get_lr(iter_num)
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+    step_loss = torch.zeros((), device=device)
+    for micro in range(accum):
+        if ddp:
+            model.require_backward_grad_sync = micro == accum - 1
+        with autocast:
+            _, loss = model(x, y)
+            loss = loss / accum  # the gradient is the mean over the step's micro-batches
+        # fetch the next micro-batch while the GPU works on this one
+        x, y = fetch(fetch_index(iter_num + (micro + 1) // accum, (micro + 1) % accum))
+        scaler.scale(loss).backward()
+        step_loss += loss.detach()
+    scaler.unscale_(optimizer)
+    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    # remember the first bad step on the device: no host sync here
+    first_bad = torch.where(torch.isfinite(step_loss) | (first_bad != NO_BAD_STEP), first_bad, iter_num)
+    tokens_seen += tokens_per_iter
+    iters_since_log += 1
+
+    if iter_num % log_interval == 0:
+        if ddp:
+            dist.all_reduce(step_loss)
+            step_loss /= world
+        lossf = step_loss.item()  # the host sync
+        check_finite()
+        dt = (time.time() - t_log) / iters_since_log
+        tok_s = tokens_per_iter / dt
+        mfu = flops_per_token * tok_s / world / peak if peak else None
+        say(f"step {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
+            f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s" + (f", MFU {mfu * 100:.1f}%" if mfu else ""))
+        log('train', iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
+            tokens_per_sec=tok_s, mfu=mfu)
+        t_log, iters_since_log = time.time(), 0
+    iter_num += 1
+
+# --- summary -----------------------------------------------------------------------------------
+check_finite()
+wall = time.time() - t_start
+energy_end = gpu_energy_joules()
+energy = None
+if energy_start is not None and energy_end is not None:
+    energy = torch.tensor(energy_end - energy_start, device=device)
+    if ddp:
+        dist.all_reduce(energy)
+    energy = energy.item()
+summary = dict(iter=iter_num, reason=stop_reason, tokens=tokens_seen, wall_s=elapsed_before + wall,
+               tokens_per_sec=(tokens_seen - start_tokens) / wall if wall > 0 else 0.0,
+               best_val_loss=best_val_loss if best_iter is not None else None, best_iter=best_iter,
+               flops=flops_per_token * tokens_seen, energy_j=energy,
+               peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if device_type == 'cuda' else None)
+log('end', **summary)
+say(f"done ({stop_reason}) at step {iter_num}: {tokens_seen:,} tokens in {(elapsed_before + wall) / 3600:.2f} h, "
+    f"{summary['tokens_per_sec']:,.0f} tok/s this session, best val loss {best_val_loss:.4f} at step {best_iter}, "
+    f"{summary['flops']:.3e} FLOPs" + (f", {energy / 3.6e6:.2f} kWh GPU energy" if energy else "") +
+    (f", peak memory {summary['peak_mem_gb']:.2f} GB" if summary['peak_mem_gb'] else ""))
+if wandb_run is not None:
+    wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
+    wandb_run.finish()
+if ddp:
+    dist.destroy_process_group()
