@@ -255,8 +255,9 @@ def log(event, **fields):
         with open(log_path, 'a') as f:
             f.write(json.dumps({'event': event, **fields}) + '\n')
         if wandb_run is not None and event in ('train', 'eval'):
-            wandb_run.log({f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float))},
-                          step=fields['iter'])
+            flat = {f"{event}/{k}": v for k, v in fields.items() if isinstance(v, (int, float))}
+            flat.update({f"val/{lang}/{k}": v for lang, d in fields.get('val', {}).items() for k, v in d.items()})
+            wandb_run.log(flat, step=fields['iter'])
 
 
 def plot_losses():
@@ -312,7 +313,8 @@ stop_signal = False
 def on_signal(signum, frame):
     global stop_signal
     stop_signal = True
-    say(f"\n{signal.Signals(signum).name}: stopping after this step and writing {ckpt_path}")
+    signal.signal(signum, signal.SIG_DFL)  # a second Ctrl-C quits at once, without saving
+    say(f"\n{signal.Signals(signum).name}: stopping after this step and writing {ckpt_path} (again to quit now)")
 
 
 signal.signal(signal.SIGTERM, on_signal)
@@ -366,13 +368,14 @@ log('start', iter=iter_num, init_from=init_from, world=world, tokens_per_iter=to
     params=raw_model.num_params(), config=config)
 t_start = time.time()
 energy_start = gpu_energy_joules()
-start_iter, start_tokens, last_save_iter = iter_num, tokens_seen, (iter_num if init_from == 'resume' else None)
+start_tokens, last_save_iter = tokens_seen, (iter_num if init_from == 'resume' else None)
 stop_reason = 'max_iters'
 fetch_index = lambda it, micro: it * gradient_accumulation_steps + rank * accum + micro
 x, y = fetch(fetch_index(iter_num, 0))
 t_log, iters_since_log = time.time(), 0
 while True:
-    # a signal: write ckpt.pt at the end of the step and leave
+    # a signal: write ckpt.pt at the end of the step and leave. DDP ranks vote only at log steps,
+    # since a collective every step would be a host sync every step
     if (not ddp or iter_num % log_interval == 0) and stop_agreed():
         check_finite()
         if last_save_iter != iter_num:
