@@ -9,9 +9,9 @@ Expect the ratio to grow with the batch and the context: the cache saves FLOPs, 
 step is bound by kernel launches (batch 1 on a big GPU) it saves less than where it is bound by
 compute (larger batches, long prompts, CPUs).
 
-    python bench_generate.py --device=cuda                          # 124M, batches 1, 8, 32
-    python bench_generate.py --device=cuda --prompt_len=768 --batch_sizes=1,8,64
-    python bench_generate.py --device=cpu --n_layer=4 --n_head=4 --n_embd=256 --batch_sizes=1,4 --max_new_tokens=128
+    python bench_generate.py --device=cuda                          # 124M, batches 1, 8, 64, 512-token prompts
+    python bench_generate.py --device=cuda --prompt_len=64 --batch_sizes=1,8 --compile=True
+    python bench_generate.py --device=cpu --n_layer=2 --n_head=4 --n_embd=128 --batch_sizes=1,4 --prompt_len=128
 prints one line per batch size and a summary line.
 """
 import time
@@ -24,19 +24,24 @@ from model import GPT, GPTConfig
 # -----------------------------------------------------------------------------
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cuda', 'cuda:1', 'cpu'
 dtype = 'bfloat16'  # autocast dtype on cuda: 'bfloat16', 'float16' or 'float32'; the CPU runs float32
-batch_sizes = [1, 8, 32]  # sequences generated together, one measurement each
-prompt_len = 256  # tokens in each prompt
+batch_sizes = '1,8,64'  # comma-separated: sequences generated together, one measurement each
+prompt_len = 512  # tokens in each prompt
 max_new_tokens = 256  # tokens generated per sequence
 n_layer = 12  # model shape: GPT-2 124M by default
 n_head = 12
 n_embd = 768
 block_size = 1024  # context length; prompt_len + max_new_tokens should fit, or both paths re-read a cut context
 warmup_tokens = 8  # a short untimed generation first (CUDA kernels, allocator)
+compile = False  # torch.compile the forward (dynamic shapes) for both paths: fewer, fused kernels per step
 seed = 1337
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
 torch.manual_seed(seed)
+try:
+    batches = [int(b) for b in str(batch_sizes).split(',') if b.strip()]
+except ValueError:
+    raise SystemExit(f"error: batch_sizes='{batch_sizes}' is not a comma-separated list of integers such as 1,8,64")
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'
 if device_type == 'cuda' and not torch.cuda.is_available():
     raise SystemExit(f"error: device='{device}' but CUDA is not available here; pass --device=cpu")
@@ -50,9 +55,12 @@ autocast = (torch.autocast('cuda', dtype=getattr(torch, dtype)) if device_type =
             else torch.autocast(device_type, enabled=False))
 
 model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size)).to(device).eval()
+if compile:
+    # generate() calls self(...), so compile the bound forward rather than wrap the module
+    model.forward = torch.compile(model.forward, dynamic=True)
 name = torch.cuda.get_device_name() if device_type == 'cuda' else 'CPU'
-print(f"model: {model.num_params() / 1e6:.1f}M params, {name}, "
-      f"{dtype if device_type == 'cuda' else 'float32'}, prompt {prompt_len} + {max_new_tokens} new tokens")
+print(f"model: {model.num_params() / 1e6:.1f}M params, {name}, {dtype if device_type == 'cuda' else 'float32'}"
+      f"{', compiled' if compile else ''}, prompt {prompt_len} + {max_new_tokens} new tokens")
 
 
 def sync():
@@ -72,7 +80,7 @@ def timed_generate(idx, use_cache):
 
 # ----------------------------------------------------------------------------- measure
 rows = []
-for b in batch_sizes:
+for b in batches:
     idx = torch.randint(0, 50257, (b, prompt_len), device=device)  # (b, prompt_len)
     with autocast:  # warm up both paths at this shape
         model.generate(idx, warmup_tokens, temperature=0, use_cache=True)
@@ -89,4 +97,4 @@ for b in batch_sizes:
 # ----------------------------------------------------------------------------- summary
 summary = ', '.join(f"batch {b}: {c / f:.1f}x ({c:,.0f} vs {f:,.0f} tok/s)" for b, c, f in rows)
 print(f"bench_generate: kv cache vs full recompute at {max_new_tokens} new tokens after a {prompt_len}-token prompt, "
-      f"{model.num_params() / 1e6:.0f}M params on {name}: {summary}")
+      f"{model.num_params() / 1e6:.0f}M params on {name}{' (compiled)' if compile else ''}: {summary}")

@@ -1,8 +1,9 @@
 """
 Run untrusted Python (model-written code) in a separate, limited process.
 
-    result = run(program, timeout=5.0)             # 'passed' | 'failed: <last stderr line>' | 'timed out'
-    pool, check = start_pool(workers=8, uid_base=65000, timeout=5.0)
+    uid_base, python, how = isolation(65000)       # per-worker uids when we are root, else None
+    result = run(program, timeout=5.0, uid=uid_base, python=python)  # 'passed' | 'failed: <why>' | 'timed out'
+    pool, check = start_pool(8, uid_base, python, timeout=5.0)
     future = pool.submit(check, program)           # several programs at once, one process each
 
 'passed' means the program ran to its end and exited 0; calling exit() or sys.exit() before the
@@ -114,7 +115,10 @@ SWEEP = 'import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept ProcessLook
 
 def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file_mb=16,
         uid=None, python=None, root=None):
-    """Execute one program in a fresh sandbox: 'passed', 'failed: <why>' or 'timed out'."""
+    """Execute one program in a fresh sandbox: 'passed', 'failed: <why>' or 'timed out'.
+
+    The sandbox folder is made in root (default: the temp dir); with a uid, root and the folders
+    above it must be passable (x) by that uid."""
     python = python or sys.executable
     cpu_s = cpu_s or int(timeout) + 1
     home = tempfile.mkdtemp(prefix='sbx_', dir=root)

