@@ -41,7 +41,7 @@ out_dir = 'data/github-code/tokens'  # token shards and manifest.json; work/ ins
 languages = 'all'  # 'all' or a comma list of languages, names or slugs: 'python,c,c-sharp'
 licenses = 'all'  # 'all' or a comma list of license ids: 'mit,apache-2.0'
 val_fraction = 0.01  # share of repositories held out for val (by a hash of repo_name)
-val_max_tokens = 5_000_000  # cap on val tokens per language, first documents in input order (0 = no cap)
+val_max_tokens = 5_000_000  # cap on val tokens per language: documents in input order, each kept if it fits (0 = no cap)
 shard_tokens = 100_000_000  # tokens per train shard (uint16, 200 MB)
 min_chars = 10  # drop documents shorter than this (characters): empty and stub files teach nothing
 max_file_bytes = 1_000_000  # drop documents larger than this (UTF-8 bytes), as the dataset's authors did
@@ -444,8 +444,9 @@ def main():
                 else:
                     done = res.get()
                     if 'error' in done:
+                        bar.close()
                         pool.terminate()
-                        die(done['error'])
+                        die(done['error'])  # the files before it stay merged: fix this one and rerun
                     new_tokens += sum(st['tokens'] for st in done['train'].values()) + sum(d[1] for d in done['val_docs'])
                     peak_rss = max(peak_rss, done['peak_rss_mib'])
                     worker_cpu += done['cpu_seconds']
@@ -489,6 +490,10 @@ def main():
           f"wrote {len(train)} train shards and "
           f"{len(val)} val files to {out_dir}; dropped: {drops}; invalid UTF-8 replaced in "
           f"{progress['replaced']:,} documents")
+    no_val = [lang for lang, st in stats.items() if st['train']['documents'] and not st['val']['documents']]
+    if no_val:  # few repositories (a small local source): the hash held none of them out
+        print(f"warning: no val documents for {', '.join(no_val)}: too few repositories for "
+              f"val_fraction={val_fraction}; raise --val_fraction (in a new --out_dir) to get a val set for them")
 
 
 if __name__ == '__main__':

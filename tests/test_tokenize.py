@@ -195,7 +195,7 @@ def test_rerun_after_completion_does_nothing(corpus, tmp_path):
 
 def one_line_error(p, *words):
     assert p.returncode != 0
-    lines = p.stderr.strip().splitlines()
+    lines = [line for line in p.stderr.splitlines() if line.strip() and not line.startswith('tokenize:')]  # tqdm's
     assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
     for w in words:
         assert w in lines[0], lines[0]
@@ -226,6 +226,22 @@ def test_bad_parquet_files_are_named_and_touch_no_output(corpus, reference, tmp_
     p = run_script(SCRIPT, f'--in_dir={in_dir}', f'--out_dir={out}', f'--languages={corpus[2]}', *ARGS, check=False)
     one_line_error(p, str(out), 'other input files')
     assert snapshot(out) == before
+
+
+def test_unreadable_file_mid_run_is_named_and_a_rerun_finishes(corpus, reference, tmp_path):
+    in_dir = tmp_path / 'in'
+    shutil.copytree(corpus[0], in_dir)
+    good = (in_dir / 'part-1.parquet').read_bytes()
+    bad = bytearray(good)
+    for i in range(len(bad) // 3, len(bad) // 3 + 2000):  # its data pages, not the footer that is checked first
+        bad[i] ^= 0x5A
+    (in_dir / 'part-1.parquet').write_bytes(bytes(bad))
+    out = tmp_path / 'out'
+    p = tokenize((str(in_dir),) + corpus[1:], out, '--workers=2', check=False)
+    one_line_error(p, 'part-1.parquet', 'cannot read it', 'download_github_code.py')
+    (in_dir / 'part-1.parquet').write_bytes(good)  # re-downloaded: the rerun picks up where it stopped
+    tokenize((str(in_dir),) + corpus[1:], out, '--workers=2')
+    assert snapshot(out) == snapshot(reference[0])
 
 
 def test_out_dir_made_with_another_config_is_refused(corpus, reference, tmp_path):
