@@ -194,10 +194,12 @@ def tokenize_file(job):
                 flush()
                 buffered = 0
         flush()
-    except (pa.ArrowInvalid, OSError) as e:  # a corrupt page, a truncated file, a failing disk
+    except (pa.ArrowInvalid, OSError) as e:  # a corrupt page or truncated file (pyarrow's OSError), a full disk
         for split in files:
             files[split].close()
             os.remove(tmp[split])
+        if getattr(e, 'errno', None):  # the operating system's, not the file's fault
+            return {'error': f"tokenizing {path} into {work} failed: {e}; free disk space or fix the folder, then rerun"}
         return {'error': f"{path}: cannot read it ({str(e).splitlines()[0]}); delete it and re-download it "
                          f"with download_github_code.py"}
     for split, f in files.items():
