@@ -132,7 +132,7 @@ class GPT(nn.Module):
         if targets is not None:
             logits = self.lm_head(x)  # (b, t, vocab_size)
             # the loss in float32 whatever the autocast dtype: bf16 log-softmax over 50k entries is coarse
-            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
+            loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
             return logits, loss
         # inference: only the last position's logits are needed
         return self.lm_head(x[:, [-1], :]), None  # (b, 1, vocab_size)

@@ -82,20 +82,21 @@ def window_starts(shards, block_size):
     return np.cumsum(counts)
 
 
-def get_batch(shards, cum_starts, seed, index, batch_size, block_size):
-    """Micro-batch number `index` of the run: (batch_size, block_size+1) int64 windows.
+def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size):
+    """Rows `rows` (a range) of step `step`'s batch of `step_rows` windows: (len(rows), block_size+1) int64.
 
     Every start position in every shard is equally likely, so shards are drawn in proportion
-    to their length. The generator is keyed by (seed, index) alone: a resumed run draws exactly
-    the batches the uninterrupted run would, and DDP ranks that take disjoint indices draw
-    their own streams whose union is the single-process run's global batch.
+    to their length. The generator is keyed by (seed, step) alone and always draws the whole
+    step's batch, so a step sees the same windows however it is split into micro-batches and
+    DDP ranks (4 x 8 on one GPU, 32 x 1, or 2 ranks x 16), and a resumed run draws exactly
+    the batches the uninterrupted run would.
     """
-    rng = np.random.default_rng([seed, index])
-    g = rng.integers(0, cum_starts[-1], size=batch_size)  # global start ids
+    rng = np.random.default_rng([seed, step])
+    g = rng.integers(0, cum_starts[-1], size=step_rows)[rows.start:rows.stop]  # global start ids
     which = np.searchsorted(cum_starts, g, side='right')  # shard of each start
     local = g - np.concatenate(([0], cum_starts[:-1]))[which]
-    out = np.empty((batch_size, block_size + 1), dtype=np.int64)
-    for b in range(batch_size):
+    out = np.empty((len(g), block_size + 1), dtype=np.int64)
+    for b in range(len(g)):
         out[b] = shards[which[b]][local[b]:local[b] + block_size + 1]
     return out
 

@@ -76,6 +76,8 @@ dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # 'float32', 'bf
 compile = True  # torch.compile the model (applied on CUDA only)
 backend = 'nccl'  # DDP backend; gloo is used when the device is a CPU
 peak_tflops = None  # the GPU's dense bf16 peak for MFU; None = look the card up (no MFU if unknown)
+auto_batch = True  # CUDA: take the largest micro-batch that fits, with fewer accumulation steps (same tokens/step)
+sdpa_backend = ''  # attention kernel on CUDA: '' = PyTorch's choice, 'flash' or 'cudnn'
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -125,9 +127,13 @@ if cum_starts[-1] == 0:
 TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart from the training stream
 
 
-def fetch(index, seed=seed):
-    """Global micro-batch `index` on the device as (x, y), each (B, T); async copy on CUDA."""
-    xy = torch.from_numpy(shards.get_batch(train_shards, cum_starts, seed, index, batch_size, block_size))
+step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
+
+
+def fetch(step, first_row, rows, seed=seed):
+    """Rows first_row.. of step `step`'s batch on the device as (x, y), each (rows, T); async copy on CUDA."""
+    xy = shards.get_batch(train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
+    xy = torch.from_numpy(xy)
     if device_type == 'cuda':
         xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the GPU's work
     else:
@@ -138,6 +144,7 @@ def fetch(index, seed=seed):
 # the fixed val windows, the same at every eval so the curves are smooth
 val_tokens = {e['language']: e for e in manifest['val']}
 val_batches = {}
+eval_rows = batch_size  # the configured micro-batch: evals stay the same whatever auto_batch picks
 for lang, tokens in val_sets.items():
     w = shards.val_windows(tokens, block_size, eval_iters * batch_size)  # (n, T+1)
     if len(w) == 0:
@@ -191,6 +198,43 @@ if ckpt is not None:
     if ckpt['scaler']:  # empty when saved without float16
         scaler.load_state_dict(ckpt['scaler'])
 ckpt = None  # free the memory
+
+
+def fits(rows):
+    """Does one forward/backward of `rows` sequences fit the GPU? Eager mode uses more memory than
+    compiled, so what fits here fits in training. The RNG states are put back: the trial draws nothing."""
+    rng = torch.cuda.get_rng_state(), torch.get_rng_state()
+    try:
+        idx = torch.zeros(rows, block_size, dtype=torch.long, device=device)
+        with autocast:
+            _, loss = model(idx, idx)
+        loss.backward()
+        return True
+    except torch.OutOfMemoryError:
+        return False
+    finally:
+        loss = idx = None
+        model.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        torch.cuda.set_rng_state(rng[0])
+        torch.set_rng_state(rng[1])
+
+
+if auto_batch and device_type == 'cuda' and accum > 1:
+    # small micro-batches leave a big GPU waiting on kernel launches; one step's gradient is the
+    # mean over the same step_rows sequences however they are split, so only speed changes
+    for k in sorted((k for k in range(1, accum + 1) if accum % k == 0), reverse=True):
+        if k == 1 or fits(batch_size * k):
+            break
+    if k > 1:
+        say(f"auto_batch: micro-batch {batch_size} x {accum} accumulation steps -> {batch_size * k} x {accum // k}")
+        batch_size, accum = batch_size * k, accum // k
+if sdpa_backend and device_type == 'cuda':
+    if sdpa_backend not in ('flash', 'cudnn'):
+        die(f"sdpa_backend '{sdpa_backend}' is not '', 'flash' or 'cudnn'")
+    torch.backends.cuda.enable_flash_sdp(sdpa_backend == 'flash')
+    torch.backends.cuda.enable_cudnn_sdp(sdpa_backend == 'cudnn')
+    torch.backends.cuda.enable_mem_efficient_sdp(False)
 raw_model = model  # the plain module: its state_dict has no '_orig_mod.' or 'module.' prefix
 if compile and device_type == 'cuda':
     say("compiling the model...")
@@ -225,14 +269,14 @@ def evaluate():
     sums = torch.zeros(len(names), 2, device=device)  # (languages + train, [loss * windows, windows])
     for i, lang in enumerate(val_batches):
         w = val_batches[lang]
-        for b in range(rank * batch_size, len(w), world * batch_size):
-            xy = w[b:b + batch_size].to(device)
+        for b in range(rank * eval_rows, len(w), world * eval_rows):
+            xy = w[b:b + eval_rows].to(device)
             with autocast:
                 _, loss = eval_model(xy[:, :-1], xy[:, 1:].contiguous())
             sums[i, 0] += loss.float() * len(xy)
             sums[i, 1] += len(xy)
     for b in range(rank, eval_iters, world):
-        x, y = fetch(b, seed=TRAIN_EVAL_SEED)
+        x, y = fetch(b, 0, eval_rows, seed=TRAIN_EVAL_SEED)
         with autocast:
             _, loss = eval_model(x, y)
         sums[-1, 0] += loss.float() * len(x)
@@ -365,13 +409,15 @@ if wandb_log and master:
 
 # --- training loop -----------------------------------------------------------------------------
 log('start', iter=iter_num, init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
+    micro_batch=batch_size, accum=accum,
     params=raw_model.num_params(), config=config)
 t_start = time.time()
 energy_start = gpu_energy_joules()
 start_tokens, last_save_iter = tokens_seen, (iter_num if init_from == 'resume' else None)
 stop_reason = 'max_iters'
-fetch_index = lambda it, micro: it * gradient_accumulation_steps + rank * accum + micro
-x, y = fetch(fetch_index(iter_num, 0))
+first_row = lambda micro: (rank * accum + micro) * batch_size  # this rank's rows of the step's batch
+x, y = fetch(iter_num, first_row(0), batch_size)
+data_time = 0.0  # host seconds spent fetching batches since the last log line
 t_log, iters_since_log = time.time(), 0
 while True:
     # a signal: write ckpt.pt at the end of the step and leave. DDP ranks vote only at log steps,
@@ -431,7 +477,9 @@ while True:
             _, loss = model(x, y)
             loss = loss / accum  # the gradient is the mean over the step's micro-batches
         # fetch the next micro-batch while the GPU works on this one
-        x, y = fetch(fetch_index(iter_num + (micro + 1) // accum, (micro + 1) % accum))
+        t_data = time.time()
+        x, y = fetch(iter_num + (micro + 1) // accum, first_row((micro + 1) % accum), batch_size)
+        data_time += time.time() - t_data
         scaler.scale(loss).backward()
         step_loss += loss.detach()
     scaler.unscale_(optimizer)
@@ -453,11 +501,14 @@ while True:
         dt = (time.time() - t_log) / iters_since_log
         tok_s = tokens_per_iter / dt
         mfu = flops_per_token * tok_s / world / peak if peak else None
+        data_share = data_time / iters_since_log / dt  # host time fetching batches, as a share of the step
+        mem = torch.cuda.max_memory_allocated() / 2**30 if device_type == 'cuda' else None
         say(f"step {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
-            f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s" + (f", MFU {mfu * 100:.1f}%" if mfu else ""))
+            f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s" + (f", MFU {mfu * 100:.1f}%" if mfu else "") +
+            f", data {data_share * 100:.1f}%" + (f", peak mem {mem:.1f} GiB" if mem else ""))
         log('train', iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
-            tokens_per_sec=tok_s, mfu=mfu)
-        t_log, iters_since_log = time.time(), 0
+            tokens_per_sec=tok_s, mfu=mfu, data_share=data_share, peak_mem_gib=mem)
+        t_log, iters_since_log, data_time = time.time(), 0, 0.0
     iter_num += 1
 
 # --- summary -----------------------------------------------------------------------------------

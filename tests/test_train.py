@@ -261,6 +261,19 @@ def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(token_dir, 
     assert len(cb['rng']) == 2  # each rank's RNG state, for exact resume
 
 
+def test_micro_batch_split_does_not_change_the_math(token_dir, tmp_path):
+    # 2 x 4 accumulated and 8 x 1 see the same 8 sequences per step (what auto_batch relies on on a GPU)
+    base = [*TINY, f'--data_dir={token_dir}', '--max_iters=4', '--eval_interval=4']
+    small, big = tmp_path / 'small', tmp_path / 'big'
+    run_script('train.py', *base, '--batch_size=2', '--gradient_accumulation_steps=4', f'--out_dir={small}')
+    run_script('train.py', *base, '--batch_size=8', '--gradient_accumulation_steps=1', f'--out_dir={big}')
+    a, b = train_losses(read_log(small)), train_losses(read_log(big))
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    assert np.allclose([a[i] for i in a], [b[i] for i in a], rtol=1e-5, atol=1e-6), (a, b)
+    ca, cb = load(small / 'ckpt.pt'), load(big / 'ckpt.pt')
+    assert all(torch.allclose(ca['model'][k], cb['model'][k], rtol=1e-4, atol=1e-6) for k in ca['model'])
+
+
 # --- wandb --------------------------------------------------------------------------------------------
 
 def test_wandb_offline_writes_a_run_dir(token_dir, tmp_path):

@@ -1,0 +1,86 @@
+"""
+Training throughput: this project's train.py against the plain nanoGPT recipe, on the same card
+in the same call, at the same tokens per step and the same model math (GPT-2 124M, AdamW, bf16).
+
+It times the real thing: train.py itself (real loader over real token shards on disk, optimizer,
+clipping, logging) run as a subprocess, read back from its log.jsonl, with the reference script
+(../shared/bench/reference_gpt2.py or --reference=...) run at each geometry just before it.
+Token shards are made from the local standard library when data_dir has none.
+
+    python bench.py                                           # 32 x 1 and 4 x 8, as the issue asks
+    python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
+
+prints one row per run: tokens/s, ms/step, MFU, share of the step fetching data, peak memory, and
+the ratio to the reference at the same geometry.
+"""
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+from configurator import configure
+
+# -----------------------------------------------------------------------------
+data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
+reference = os.path.join('..', 'shared', 'bench', 'reference_gpt2.py')  # the plain recipe; '' to skip it
+geometries = [(32, 1), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * 1024
+variants = ['', '--auto_batch=False']  # extra train.py flags, one run per geometry each
+steps = 60  # timed optimizer steps per run (after warmup)
+warmup = 10  # steps left out of the timing (compilation, allocator warm-up)
+config = configure(globals())
+# -----------------------------------------------------------------------------
+
+here = os.path.dirname(os.path.abspath(__file__))
+
+
+def run(cmd):
+    p = subprocess.run(cmd, cwd=here, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p.stdout
+
+
+# --- token shards from local code, once --------------------------------------------------------
+if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
+    parquet = os.path.join(os.path.dirname(data_dir.rstrip('/')), 'parquet')
+    run([sys.executable, 'download_github_code.py', '--source=local', f'--out_dir={parquet}'])
+    run([sys.executable, 'tokenize_github_code.py', f'--in_dir={parquet}', f'--out_dir={data_dir}',
+         '--val_fraction=0.1', '--shard_tokens=5_000_000'])
+
+# --- runs ---------------------------------------------------------------------------------------
+rows = []
+for B, A in geometries:
+    ref = None
+    if reference and os.path.isfile(reference):
+        out = run([sys.executable, reference, str(B), str(A), str(steps)])
+        ref = float(re.search(r'tokens/s=(\d+)', out).group(1))
+        rows.append((f"reference {B}x{A}", ref, B * A * 1024 / ref * 1000, None, None, None, 1.0))
+    for extra in variants:
+        with tempfile.TemporaryDirectory() as out_dir:
+            log_interval = 5
+            run([sys.executable, 'train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}',
+                 f'--batch_size={B}', f'--gradient_accumulation_steps={A}', f'--max_iters={warmup + steps}',
+                 '--eval_interval=1000000', '--eval_iters=1', f'--log_interval={log_interval}',
+                 *extra.split()])
+            with open(os.path.join(out_dir, 'log.jsonl')) as f:
+                events = [json.loads(line) for line in f]
+        start = next(e for e in events if e['event'] == 'start')
+        timed = [e for e in events if e['event'] == 'train' and e['iter'] > warmup]
+        if not timed:
+            raise SystemExit(f"error: no train log line after warmup; raise --steps above {log_interval}")
+        ms = sum(e['ms'] for e in timed) / len(timed)  # each row is the mean of log_interval steps
+        tok_s = start['tokens_per_iter'] / ms * 1000
+        mfu = timed[-1]['mfu']
+        data = sum(e['data_share'] for e in timed) / len(timed)
+        mem = max(e['peak_mem_gib'] or 0 for e in timed)
+        name = f"ours {B}x{A}" + (f" -> {start['micro_batch']}x{start['accum']}" if start['micro_batch'] != B else "")
+        rows.append((f"{name} {extra}".strip(), tok_s, ms, mfu, data, mem, tok_s / ref if ref else None))
+
+# --- table ---------------------------------------------------------------------------------------
+print(f"{'run':48s} {'tokens/s':>10s} {'ms/step':>8s} {'MFU':>6s} {'data':>6s} {'peak GiB':>8s} {'x ref':>6s}")
+for name, tok_s, ms, mfu, data, mem, ratio in rows:
+    f = lambda v, fmt: format(v, fmt) if v is not None else '-'
+    print(f"{name:48s} {tok_s:10,.0f} {ms:8.1f} {f(mfu and mfu * 100, '5.1f'):>6s} "
+          f"{f(data and data * 100, '5.2f'):>6s} {f(mem, '8.1f'):>8s} {f(ratio, '6.2f'):>6s}")
