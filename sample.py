@@ -1,6 +1,7 @@
 """
 Sample from a trained model: reads out_dir/ckpt_best.pt (or ckpt.pt), prints num_samples
-continuations of a prompt, generated together as one batch with the key/value cache.
+continuations of a prompt, generated together as one batch with the key/value cache, then the
+path of the run's loss curve (loss.png beside the checkpoint) when there is one.
 
     python sample.py --out_dir=out-github-code-124m
     python sample.py --out_dir=out --start="FILE:prompt.py" --num_samples=5 --max_new_tokens=200
@@ -111,3 +112,6 @@ for row in y[:, len(ids):].tolist():
     print('---------------')
 print(f"sampled {num_samples} x up to {max_new_tokens} tokens from {path} in {dt:.2f}s "
       f"({n_tokens / dt:.0f} tokens/s, temperature {temperature}, top_k {top_k}, top_p {top_p})")
+loss_png = os.path.join(os.path.dirname(path), 'loss.png')  # train.py draws it beside the checkpoints
+if os.path.isfile(loss_png):
+    print(f"loss curve: {loss_png}")
