@@ -130,14 +130,27 @@ TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart
 step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
 
 
+pinned = {}  # CUDA: per batch shape, a ring of reusable pinned host buffers with the event of their last copy
+
+
 def fetch(step, first_row, rows, seed=seed):
     """Rows first_row.. of step `step`'s batch on the device as (x, y), each (rows, T); async copy on CUDA."""
     xy = shards.get_batch(train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
-    xy = torch.from_numpy(xy)
     if device_type == 'cuda':
-        xy = xy.pin_memory().to(device, non_blocking=True)  # the copy overlaps the GPU's work
+        # a fresh pinned tensor per batch costs a page-locked allocation each time; reuse a few,
+        # waiting (rarely) only until the GPU has copied out of the one we overwrite
+        ring = pinned.setdefault(xy.shape, [])
+        if len(ring) < 4:
+            buf, done = torch.empty(xy.shape, dtype=torch.int64).pin_memory(), torch.cuda.Event()
+        else:
+            buf, done = ring.pop(0)
+            done.synchronize()
+        buf.numpy()[...] = xy
+        xy = buf.to(device, non_blocking=True)  # the copy overlaps the GPU's work
+        done.record()
+        ring.append((buf, done))
     else:
-        xy = xy.to(device)
+        xy = torch.from_numpy(xy).to(device)
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 
 
@@ -229,6 +242,7 @@ if auto_batch and device_type == 'cuda' and accum > 1:
     if k > 1:
         say(f"auto_batch: micro-batch {batch_size} x {accum} accumulation steps -> {batch_size * k} x {accum // k}")
         batch_size, accum = batch_size * k, accum // k
+    torch.cuda.reset_peak_memory_stats()  # report training's peak, not the eager trial's
 if sdpa_backend and device_type == 'cuda':
     if sdpa_backend not in ('flash', 'cudnn'):
         die(f"sdpa_backend '{sdpa_backend}' is not '', 'flash' or 'cudnn'")
@@ -460,7 +474,7 @@ while True:
             log('early_stop', iter=iter_num, best_val_loss=best_val_loss, best_iter=best_iter, message=msg)
             stop_reason = 'early_stop'
             break
-        t_log = time.time()  # eval time is not step time
+        t_log, iters_since_log, data_time = time.time(), 0, 0.0  # eval time is not step time
 
     if iter_num >= max_iters:
         break
@@ -529,7 +543,7 @@ summary = dict(iter=iter_num, reason=stop_reason, tokens=tokens_seen, wall_s=ela
 log('end', **summary)
 say(f"done ({stop_reason}) at step {iter_num}: {tokens_seen:,} tokens in {(elapsed_before + wall) / 3600:.2f} h, "
     f"{summary['tokens_per_sec']:,.0f} tok/s this session, best val loss {best_val_loss:.4f} at step {best_iter}, "
-    f"{summary['flops']:.3e} FLOPs" + (f", {energy / 3.6e6:.2f} kWh GPU energy" if energy else "") +
+    f"{summary['flops']:.3e} FLOPs" + (f", {energy / 3600:.1f} Wh GPU energy" if energy else "") +
     (f", peak memory {summary['peak_mem_gb']:.2f} GB" if summary['peak_mem_gb'] else ""))
 if wandb_run is not None:
     wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
