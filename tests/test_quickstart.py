@@ -1,0 +1,160 @@
+"""The quickstart: the four stage scripts with config/quickstart_*.py, run end to end through their
+command lines at a smaller size (three stdlib packages, a 2-layer model, 20 steps); and the README
+held to what the code does: its first command is these four stages, its test command is CI's, and
+its config tables are the scripts' config blocks.
+
+    python tests/test_quickstart.py      # print the README's config tables from the scripts
+"""
+import ast
+import json
+import os
+import re
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from conftest import ROOT, STDLIB, run_script  # noqa: E402
+
+STAGES = [  # (script, config file): the README's first command runs these in this order
+    ('download_github_code.py', 'config/quickstart_download.py'),
+    ('tokenize_github_code.py', 'config/quickstart_tokenize.py'),
+    ('train.py', 'config/quickstart_train.py'),
+    ('sample.py', 'config/quickstart_sample.py'),
+]
+INSTALL = 'pip install -r requirements.txt'
+TEST_COMMAND = 'python -m pytest -q tests'
+# scripts whose config block the README lists, in its order
+CONFIG_SCRIPTS = ['download_github_code.py', 'tokenize_github_code.py', 'train.py', 'sample.py',
+                  'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'bench.py', 'bench_tokenize.py',
+                  'bench_generate.py']
+# repositories json, email and email/mime, logging: at the quickstart's val_fraction (0.15) the
+# repository hash holds out 'email' (the email package's top-level modules), so Python gets a val set
+LOCAL_PATHS = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))
+SMALL_TRAIN = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=4',
+               '--max_iters=20', '--lr_decay_iters=20', '--warmup_iters=2', '--eval_interval=10',
+               '--eval_iters=2', '--log_interval=5']
+
+
+# --- the four stages, once for the module ------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def run(tmp_path_factory):
+    """Each stage's output folder and stdout, after the four stages ran in a row."""
+    d = tmp_path_factory.mktemp('quickstart')
+    parquet, tokens, out = d / 'parquet', d / 'tokens', d / 'out'
+    small = {
+        'download_github_code.py': [f'--out_dir={parquet}', f'--local_paths={LOCAL_PATHS}'],
+        'tokenize_github_code.py': [f'--in_dir={parquet}', f'--out_dir={tokens}', '--shard_tokens=100_000'],
+        'train.py': [f'--data_dir={tokens}', f'--out_dir={out}', *SMALL_TRAIN],
+        'sample.py': [f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=24'],
+    }
+    stdout = {}
+    for script, config_file in STAGES:
+        p = run_script(script, config_file, *small[script], env={'PYTHONIOENCODING': 'utf-8'})
+        stdout[script] = p.stdout
+    return dict(parquet=parquet, tokens=tokens, out=out, stdout=stdout)
+
+
+def test_download_writes_local_parquet_shards_and_manifest(run):
+    m = json.loads((run['parquet'] / 'manifest.json').read_text())
+    assert m['source'] == 'local' and m['files']
+    for f in m['files']:
+        assert (run['parquet'] / f['name']).stat().st_size == f['size'] and f['rows'] > 0
+    assert m['languages'].get('Python', 0) > 20
+
+
+def test_tokenize_writes_train_shards_and_a_held_out_python_val_set(run):
+    import numpy as np
+    m = json.loads((run['tokens'] / 'manifest.json').read_text())
+    assert len(m['train']) >= 2  # shard_tokens=100_000 splits the ~300k train tokens
+    for e in m['train'] + m['val']:
+        assert len(np.load(run['tokens'] / e['file'], mmap_mode='r')) == e['tokens']
+    val = {e['language']: e for e in m['val']}
+    assert 'Python' in val and val['Python']['tokens'] > 1000
+    assert (run['tokens'] / 'val_python.npy').is_file()
+
+
+def test_train_writes_checkpoints_log_and_loss_curve(run):
+    out = run['out']
+    for name in ('ckpt.pt', 'ckpt_best.pt', 'log.jsonl', 'loss.png'):
+        assert (out / name).stat().st_size > 0, name
+    events = [json.loads(line) for line in (out / 'log.jsonl').read_text().splitlines()]
+    evals = [e for e in events if e['event'] == 'eval']
+    assert [e['iter'] for e in evals] == [0, 10, 20] and 'Python' in evals[-1]['val']
+    assert events[-1]['event'] == 'end' and events[-1]['iter'] == 20
+    assert (out / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_sample_prints_samples_from_the_best_checkpoint_then_the_loss_curve(run):
+    text = run['stdout']['sample.py']
+    loaded, body = text.split('\n', 1)
+    assert loaded.startswith(f"loaded {run['out'] / 'ckpt_best.pt'}")
+    *samples, tail = body.split('\n---------------\n')
+    assert len(samples) == 2
+    assert all(s.startswith('import os\n') for s in samples)  # the quickstart's prompt
+    assert any(len(s) > len('import os\n') for s in samples)  # and something generated after it
+    assert tail.strip().splitlines()[-1] == f"loss curve: {run['out'] / 'loss.png'}"
+
+
+# --- the README --------------------------------------------------------------------------------
+
+def readme():
+    with open(os.path.join(ROOT, 'README.md'), encoding='utf-8') as f:
+        return f.read()
+
+
+def test_readme_opens_with_the_quickstart_and_the_test_command():
+    text = readme()
+    first_block = re.search(r'```\w*\n(.*?)```', text, re.S).group(1)
+    assert text.find('\n## ') == -1 or text.index('```') < text.index('\n## ')  # before the first section
+    lines = [line for line in first_block.splitlines() if line.strip() and not line.startswith('#')]
+    quickstart = ' && '.join([INSTALL] + [f'python {s} {c}' for s, c in STAGES])
+    assert lines == [quickstart, f'{INSTALL} && {TEST_COMMAND}']
+    with open(os.path.join(ROOT, '.ci', 'run')) as f:
+        ci = f.read()
+    assert re.search(r'^python3? -m pytest -q tests$', ci, re.M), "CI runs another test command than the README"
+
+
+def config_block(script):
+    """[(key, default source, comment)] of a script's config block: the assignments between the
+    first `# -----` banner and `configure(globals())` or the next banner."""
+    with open(os.path.join(ROOT, script), encoding='utf-8') as f:
+        src = f.read()
+    lines = src.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith('# ------'))
+    end = next(i for i in range(start + 1, len(lines))
+               if lines[i].startswith('# ------') or 'configure(globals())' in lines[i])
+    rows = []
+    for node in ast.parse(src).body:
+        if isinstance(node, ast.Assign) and start < node.lineno - 1 < end and isinstance(node.targets[0], ast.Name):
+            key = node.targets[0].id
+            if key.startswith('_'):
+                continue
+            line = lines[node.end_lineno - 1]
+            comment = line[node.end_col_offset:].strip()
+            rows.append((key, ast.get_source_segment(src, node.value), comment[1:].strip() if comment.startswith('#') else ''))
+    return rows
+
+
+def config_table(script):
+    esc = lambda s: s.replace('|', '\\|')
+    out = [f'<!-- config: {script} -->', '| key | default | what |', '|---|---|---|']
+    out += [f'| `{k}` | `{esc(v)}` | {esc(c)} |' for k, v, c in config_block(script)]
+    return '\n'.join(out)
+
+
+def test_readme_config_tables_are_the_scripts_config_blocks():
+    text = readme()
+    for script in CONFIG_SCRIPTS:
+        if not os.path.isfile(os.path.join(ROOT, script)):
+            continue
+        m = re.search(rf'^<!-- config: {re.escape(script)} -->\n(?:.+\n?)+', text, re.M)
+        assert m, f"README.md has no config table for {script}; print it with: python tests/test_quickstart.py"
+        assert m.group(0).strip() == config_table(script), \
+            f"README.md's config table for {script} is out of date; print it with: python tests/test_quickstart.py"
+
+
+if __name__ == '__main__':
+    for script in CONFIG_SCRIPTS:
+        print(f"### `{script}`\n\n{config_table(script)}\n")
