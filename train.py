@@ -549,4 +549,5 @@ if wandb_run is not None:
     wandb_run.summary.update({k: v for k, v in summary.items() if v is not None})
     wandb_run.finish()
 if ddp:
+    dist.barrier()  # every rank is done with gloo/NCCL before any tears it down
     dist.destroy_process_group()
