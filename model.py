@@ -190,7 +190,7 @@ class GPT(nn.Module):
             idx = torch.cat((idx, next_tok), dim=1)
             if stop_fn is not None:
                 done |= stop_fn(idx[:, start:]).to(done.device)
-            if done.all():
+            if (stop_tokens or stop_fn is not None) and done.all():  # a host sync: only when rows can end
                 break
         return idx
 
