@@ -1,6 +1,7 @@
 """
-Generation speed: model.generate with the key/value cache against full recomputation of the
-context for every new token, at max_new_tokens new tokens, for a few batch sizes.
+Generation speed: model.generate with the key/value cache (on a GPU, its decode step replayed
+as a CUDA graph; and without the graph) against full recomputation of the context for every new
+token, at max_new_tokens new tokens, for a few batch sizes.
 
 Random weights (speed does not depend on them); GPT-2 124M shape by default; bf16 autocast on
 CUDA. Both paths decode greedily from the same prompts, so they do the same work and the share
@@ -33,6 +34,7 @@ n_embd = 768
 block_size = 1024  # context length; prompt_len + max_new_tokens should fit, or both paths re-read a cut context
 warmup_tokens = 8  # a short untimed generation first (CUDA kernels, allocator)
 compile = False  # torch.compile the forward (dynamic shapes) for both paths: fewer, fused kernels per step
+cudnn_sdpa = False  # allow cuDNN attention: it builds a plan per new shape (~50 ms on an H100, torch 2.11), and a growing context is a new shape every token
 seed = 1337
 config = configure(globals())
 # -----------------------------------------------------------------------------
@@ -49,6 +51,7 @@ if prompt_len + max_new_tokens > block_size:
     print(f"note: prompt_len + max_new_tokens = {prompt_len + max_new_tokens} > block_size {block_size}: "
           f"past it both paths cut and re-read the context")
 if device_type == 'cuda':
+    torch.backends.cuda.enable_cudnn_sdp(cudnn_sdpa)  # off: flash / memory-efficient kernels, no per-shape plans
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
 autocast = (torch.autocast('cuda', dtype=getattr(torch, dtype)) if device_type == 'cuda' and dtype != 'float32'
@@ -68,33 +71,37 @@ def sync():
         torch.cuda.synchronize()
 
 
-def timed_generate(idx, use_cache):
+def timed_generate(idx, use_cache, cuda_graph=False):
     """(generated tokens (b, max_new_tokens), seconds)."""
     sync()
     t0 = time.perf_counter()
     with autocast:
-        y = model.generate(idx, max_new_tokens, temperature=0, use_cache=use_cache)
+        y = model.generate(idx, max_new_tokens, temperature=0, use_cache=use_cache, cuda_graph=cuda_graph)
     sync()
     return y[:, idx.size(1):], time.perf_counter() - t0
 
 
 # ----------------------------------------------------------------------------- measure
+# the cache path as generate() runs it (CUDA graph decode on a GPU), the cache path launching
+# every kernel eagerly, and full recomputation of the context for every token
+paths = [('kv cache + CUDA graph', True, True)] if device_type == 'cuda' else []
+paths += [('kv cache', True, False), ('full recompute', False, False)]
 rows = []
 for b in batches:
     idx = torch.randint(0, 50257, (b, prompt_len), device=device)  # (b, prompt_len)
-    with autocast:  # warm up both paths at this shape
-        model.generate(idx, warmup_tokens, temperature=0, use_cache=True)
-        model.generate(idx, warmup_tokens, temperature=0, use_cache=False)
-    y_cache, t_cache = timed_generate(idx, True)
-    y_full, t_full = timed_generate(idx, False)
-    same = (y_cache == y_full).float().mean().item()
-    tps_cache, tps_full = b * max_new_tokens / t_cache, b * max_new_tokens / t_full
-    rows.append((b, tps_cache, tps_full))
-    print(f"batch {b:>3}: kv cache {tps_cache:>10,.0f} tok/s ({t_cache * 1e3 / max_new_tokens:6.2f} ms/step) | "
-          f"full recompute {tps_full:>10,.0f} tok/s ({t_full * 1e3 / max_new_tokens:7.2f} ms/step) | "
-          f"speedup {tps_cache / tps_full:5.1f}x | same tokens {same:.0%}")
+    tps, outs = [], []
+    for name_, use_cache, graph in paths:
+        with autocast:  # warm up this path at this shape
+            model.generate(idx, warmup_tokens, temperature=0, use_cache=use_cache, cuda_graph=graph)
+        y, t = timed_generate(idx, use_cache, graph)
+        tps.append(b * max_new_tokens / t)
+        outs.append(y)
+    same = (outs[0] == outs[-1]).float().mean().item()
+    rows.append((b, tps))
+    print(f"batch {b:>3}: " + " | ".join(f"{n} {v:>9,.0f} tok/s ({b * 1e3 / v:6.2f} ms/step)" for (n, _, _), v in zip(paths, tps)) +
+          f" | speedup {tps[0] / tps[-1]:5.1f}x | same tokens {same:.0%}")
 
 # ----------------------------------------------------------------------------- summary
-summary = ', '.join(f"batch {b}: {c / f:.1f}x ({c:,.0f} vs {f:,.0f} tok/s)" for b, c, f in rows)
-print(f"bench_generate: kv cache vs full recompute at {max_new_tokens} new tokens after a {prompt_len}-token prompt, "
+summary = ', '.join(f"batch {b}: {t[0] / t[-1]:.1f}x ({t[0]:,.0f} vs {t[-1]:,.0f} tok/s)" for b, t in rows)
+print(f"bench_generate: {paths[0][0]} vs full recompute at {max_new_tokens} new tokens after a {prompt_len}-token prompt, "
       f"{model.num_params() / 1e6:.0f}M params on {name}{' (compiled)' if compile else ''}: {summary}")

@@ -26,7 +26,7 @@ import time
 bench_dir = '/tmp/bench_tokenize'  # corpus and token output (deleted and remade)
 corpus_mb = 80  # MB of source text in the corpus
 files = 8  # parquet files it is split into (the stage's unit of parallel work)
-roots = [sysconfig.get_paths()['stdlib'], '/usr/include']  # where the source code comes from
+roots = [sysconfig.get_paths()['stdlib'], '/usr/include', sysconfig.get_paths()['purelib']]  # where the source code comes from
 repeats = 2  # timing rounds; the best of each is kept (other processes share the machine)
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -41,14 +41,15 @@ def make_corpus():
     import pyarrow as pa
     import pyarrow.parquet as pq
     from github_code import language_of
-    rows, total = [], 0
+    rows, total, seen = [], 0, set()
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
             for name in sorted(filenames):
                 path = os.path.join(dirpath, name)
-                if total >= corpus_mb * 1e6 or language_of(name) is None or os.path.islink(path):
+                if total >= corpus_mb * 1e6 or language_of(name) is None or os.path.islink(path) or path in seen:
                     continue
+                seen.add(path)  # site-packages may sit inside the stdlib folder
                 try:
                     data = open(path, 'rb').read()
                     text = data.decode('utf-8')

@@ -177,7 +177,7 @@ if verify:
     model.load_state_dict({k: v.to(getattr(torch, dtype)).float() for k, v in model.state_dict().items()})
     with torch.no_grad():
         theirs = loaded(x).logits  # (1, t, 50257)
-        ours, _ = model.float()(x, targets=x)  # with targets, ours returns every position's logits
+        ours, _ = model.float()(x, targets=x, return_logits=True)  # every position's logits
     diff = (ours[..., :VOCAB_SIZE] - theirs).abs().max().item()
     if diff > 1e-3:
         die(f"the exported model's logits differ from ours by {diff:.3g} on {len(ids)} tokens; "

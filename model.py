@@ -41,6 +41,16 @@ class CausalSelfAttention(nn.Module):
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
+        if cache is not None and torch.is_tensor(pos):
+            # one token at a device-side position (CUDA graph decode): fixed shapes, so write slot
+            # pos and attend over the whole cache, the slots after pos masked out (they hold zeros)
+            cache_k, cache_v = cache
+            cache_k.index_copy_(2, pos.view(1), k)
+            cache_v.index_copy_(2, pos.view(1), v)
+            visible = (torch.arange(cache_k.size(2), device=x.device) <= pos).view(1, 1, 1, -1)  # (1, 1, 1, block_size)
+            y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)  # (B, nh, 1, hs)
+            y = y.transpose(1, 2).contiguous().view(B, T, C)
+            return self.resid_dropout(self.c_proj(y))
         if cache is not None:
             # generation: keys/values of earlier positions come from the cache (B, nh, block_size, hs)
             cache_k, cache_v = cache
@@ -120,11 +130,15 @@ class GPT(nn.Module):
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx, targets=None, cache=None, pos=0):
+    def forward(self, idx, targets=None, cache=None, pos=0, return_logits=False):
+        """(logits, loss). With targets: (None, loss) unless return_logits. Under torch.compile every
+        output that requires grad gets a gradient in the backward, zeros if unused: for (b, t, vocab)
+        logits that is a 3.3 GB fill and read per 32x1024 micro-batch, ~3% of a training step."""
         device = idx.device
         b, t = idx.size()
-        assert pos + t <= self.config.block_size, f"sequence of {pos + t} tokens, block_size is {self.config.block_size}"
-        positions = torch.arange(pos, pos + t, dtype=torch.long, device=device)  # (t)
+        if not torch.is_tensor(pos):  # a device-side pos (CUDA graph decode) is checked by generate
+            assert pos + t <= self.config.block_size, f"sequence of {pos + t} tokens, block_size is {self.config.block_size}"
+        positions = pos + torch.arange(t, dtype=torch.long, device=device)  # (t)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (b, t, n_embd)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i], pos)
@@ -133,9 +147,9 @@ class GPT(nn.Module):
             logits = self.lm_head(x)  # (b, t, vocab_size)
             # the loss in float32 whatever the autocast dtype: bf16 log-softmax over 50k entries is coarse
             loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-            return logits, loss
+            return (logits if return_logits else None), loss
         # inference: only the last position's logits are needed
-        return self.lm_head(x[:, [-1], :]), None  # (b, 1, vocab_size)
+        return self.lm_head(x[:, -1:, :]), None  # (b, 1, vocab_size)
 
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
         # decay every matrix (matmul weights, embeddings); not biases or LayerNorm gains
@@ -155,7 +169,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_tokens=(), stop_fn=None, use_cache=True):
+                 stop_tokens=(), stop_fn=None, use_cache=True, cuda_graph=True):
         """
         Continue each row of idx (b, t) by up to max_new_tokens tokens; returns (b, t + n).
         temperature 0 is greedy. A row is done once it emits one of stop_tokens
@@ -163,11 +177,13 @@ class GPT(nn.Module):
         token, and generation ends when all rows are done.
         With use_cache, keys and values are kept, so each new token costs one position, not the
         whole context. Past block_size the context is cut to its last half block and re-read.
+        On CUDA with cuda_graph, each one-token step replays a captured CUDA graph: a 124M model's
+        step is ~200 small kernels, and launching them one by one costs more than running them.
         """
         b = idx.size(0)
         done = torch.zeros(b, dtype=torch.bool, device=idx.device)
         start = idx.size(1)
-        cache, pos = None, 0
+        cache, pos, graph = None, 0, None
         for _ in range(max_new_tokens):
             if use_cache:
                 if cache is None or pos + 1 > self.config.block_size:
@@ -175,7 +191,15 @@ class GPT(nn.Module):
                     ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -(self.config.block_size // 2):]
                     cache = self.new_cache(b, idx.device)
                     logits, _ = self(ctx, cache=cache, pos=0)
-                    pos = ctx.size(1)
+                    pos, graph = ctx.size(1), None
+                elif cuda_graph and idx.is_cuda:
+                    if graph is None:
+                        graph, g_tok, g_pos, g_logits = self.capture_decode_step(cache, idx[:, -1:], pos)
+                    g_tok.copy_(idx[:, -1:])
+                    g_pos.fill_(pos)
+                    graph.replay()
+                    logits = g_logits
+                    pos += 1
                 else:
                     logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
                     pos += 1
@@ -195,14 +219,33 @@ class GPT(nn.Module):
         return idx
 
     def new_cache(self, batch_size, device):
-        """Per layer, preallocated keys and values: (B, nh, block_size, hs) each, in the model's dtype."""
+        """Per layer, preallocated keys and values: (B, nh, block_size, hs) each, in the model's dtype.
+        Zeros, not empty: the graphed step masks the unused slots, and garbage there could be NaN."""
         cfg = self.config
         dtype = self.lm_head.weight.dtype
-        if device.type == 'cuda' and torch.is_autocast_enabled():
-            dtype = torch.get_autocast_gpu_dtype()
+        if device.type == 'cuda' and torch.is_autocast_enabled('cuda'):
+            dtype = torch.get_autocast_dtype('cuda')
         shape = (batch_size, cfg.n_head, cfg.block_size, cfg.n_embd // cfg.n_head)
-        return [(torch.empty(shape, dtype=dtype, device=device), torch.empty(shape, dtype=dtype, device=device))
+        return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                 for _ in range(cfg.n_layer)]
+
+    def capture_decode_step(self, cache, tok, pos):
+        """Capture one cached decode step in a CUDA graph: (graph, tok (b, 1), pos (), logits (b, 1, vocab)),
+        the last three static tensors that each graph.replay() reads and writes. The warm-up run
+        (which the capture needs) computes the step for `tok` at `pos`, the slot the first replay rewrites."""
+        g_tok, g_pos = tok.clone(), torch.tensor(pos, device=tok.device)
+        # autocast's cache of cast weights would be freed after capture, under the graph's feet
+        amp = torch.is_autocast_enabled('cuda')
+        ctx = torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=amp, cache_enabled=False)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with ctx, torch.cuda.stream(side):
+            self(g_tok, cache=cache, pos=g_pos)  # warm-up: workspaces and kernels chosen outside capture
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with ctx, torch.cuda.graph(graph):
+            g_logits, _ = self(g_tok, cache=cache, pos=g_pos)
+        return graph, g_tok, g_pos, g_logits
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):

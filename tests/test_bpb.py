@@ -68,7 +68,7 @@ def test_bpb_equals_hand_computed_loss_per_byte_of_the_same_windows(tmp_path):
         w = torch.from_numpy(shards.val_windows(tokens, T, max_tokens // T))  # (n, T+1)
         capped.append(len(w) == max_tokens // T)  # a subset of the val set, or all of a small one
         with torch.no_grad():
-            logits, _ = model(w[:, :-1].contiguous(), targets=w[:, 1:].contiguous())
+            logits, _ = model(w[:, :-1].contiguous(), targets=w[:, 1:].contiguous(), return_logits=True)
         nats = F.cross_entropy(logits.view(-1, logits.size(-1)), w[:, 1:].reshape(-1), reduction='sum').item()
         # the UTF-8 bytes the scored tokens stand for, document separators excluded
         nbytes = sum(len(enc.decode_bytes([t for t in row if t != shards.EOT])) for row in w[:, 1:].tolist())

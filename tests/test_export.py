@@ -50,7 +50,7 @@ def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias):
     assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
     x = code_tokens()
     with torch.no_grad():
-        ours, _ = model(x, targets=x)  # with targets: every position's logits, (b, t, 50304)
+        ours, _ = model(x, targets=x, return_logits=True)  # every position's logits, (b, t, 50304)
         theirs = hf(x).logits  # (b, t, 50257)
     assert theirs.shape == (*x.shape, 50257)
     assert (ours[..., :50257] - theirs).abs().max().item() < 1e-4

@@ -80,6 +80,49 @@ def test_greedy_with_kv_cache_equals_without_token_for_token():
         assert len(set(cached[:, t:].flatten().tolist())) > 10
 
 
+def test_decode_step_at_a_device_side_position_matches_the_sliced_cache():
+    # the CUDA-graph decode step (fixed shapes: whole cache, later slots masked) against the plain one
+    model = tiny(scale=0.3, block_size=32)
+    prompt = torch.randint(0, 64, (3, 9))
+    plain, static = model.new_cache(3, prompt.device), model.new_cache(3, prompt.device)
+    with torch.no_grad():
+        model(prompt, cache=plain, pos=0)
+        model(prompt, cache=static, pos=0)
+        tok = prompt[:, -1:]
+        for pos in range(9, 32):
+            want, _ = model(tok, cache=plain, pos=pos)
+            got, _ = model(tok, cache=static, pos=torch.tensor(pos))
+            assert torch.allclose(got, want, atol=1e-5), (pos, (got - want).abs().max())
+            tok = want.argmax(-1)  # (3, 1)
+    for (k1, v1), (k2, v2) in zip(plain, static):  # layer 2's inputs carry the masked kernel's rounding
+        assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_cuda_graph_decode_equals_eager_on_gpu():
+    model = tiny(scale=0.3, block_size=64).cuda()
+    prompt = torch.randint(0, 64, (4, 5), device='cuda')
+    eager = model.generate(prompt, 80, temperature=0, cuda_graph=False)  # runs past block_size: a re-capture
+    graphed = model.generate(prompt, 80, temperature=0, cuda_graph=True)
+    assert torch.equal(graphed, eager)
+    # bf16 autocast: each replay gives the logits of the same step run eagerly
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        replayed, direct = model.new_cache(4, prompt.device), model.new_cache(4, prompt.device)
+        model(prompt, cache=replayed)
+        model(prompt, cache=direct)
+        tok = prompt[:, -1:]
+        graph, g_tok, g_pos, g_logits = model.capture_decode_step(replayed, tok, 5)
+        for pos in range(5, 30):
+            g_tok.copy_(tok)
+            g_pos.fill_(pos)
+            graph.replay()
+            want, _ = model(tok, cache=direct, pos=torch.tensor(pos, device='cuda'))
+            assert torch.allclose(g_logits.float(), want.float(), atol=1e-2), pos
+            tok = want.argmax(-1)
+        out = model.generate(prompt, 50, temperature=0.8, top_p=0.9)
+    assert out.shape == (4, 55) and int(out.max()) < 64
+
+
 def test_generation_runs_past_block_size():
     model = tiny(scale=0.3, block_size=16)
     prompt = torch.randint(0, 64, (2, 5))
