@@ -1,7 +1,7 @@
 """
 Benchmark tokenize_github_code.py against the raw tiktoken encoder on the same documents.
 
-Builds a parquet corpus from this machine's source code (Python's stdlib, /usr/include) that the
+Builds a parquet corpus from this machine's source code (Python's stdlib, /usr/include, site-packages) that the
 stage's default filters keep whole, then times, interleaved, `repeats` rounds (each configuration's best round is kept):
 raw `encode_ordinary_batch(num_threads=1)` on the documents, the stage with 1 and with 2 workers
 (from its own summary line, and end to end including interpreter start-up), and the raw encoder
@@ -11,7 +11,8 @@ tokens/s, the ratios the tokenize issue asks for (>= 0.9x the raw encoder per wo
 worker and of its main process.
 
     python bench_tokenize.py
-    python bench_tokenize.py --corpus_mb=200 --files=16 --repeats=3
+    python bench_tokenize.py --corpus_mb=80 --files=8 --repeats=3
+    python bench_tokenize.py --roots="['/usr/include']" --corpus_mb=120
 """
 import os
 import re
@@ -24,8 +25,8 @@ import time
 
 # -----------------------------------------------------------------------------
 bench_dir = '/tmp/bench_tokenize'  # corpus and token output (deleted and remade)
-corpus_mb = 80  # MB of source text in the corpus
-files = 8  # parquet files it is split into (the stage's unit of parallel work)
+corpus_mb = 200  # MB of source text in the corpus: enough that start-up (spawn, imports, BPE load) is a small share
+files = 16  # parquet files it is split into (the stage's unit of parallel work)
 roots = [sysconfig.get_paths()['stdlib'], '/usr/include', sysconfig.get_paths()['purelib']]  # where the source code comes from
 repeats = 2  # timing rounds; the best of each is kept (other processes share the machine)
 # -----------------------------------------------------------------------------

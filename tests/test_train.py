@@ -102,6 +102,26 @@ def assert_one_line_error(p, *needles):
         assert n in last, last
 
 
+# --- the batch sampler -----------------------------------------------------------------------------
+def test_get_batch_is_split_invariant_reads_real_windows_and_fills_out(token_dir):
+    _, train_shards, _ = shards.open_shards(token_dir)
+    assert all(type(s) is np.ndarray for s in train_shards)  # plain views of the memory maps
+    T = 32
+    cum = shards.window_starts(train_shards, T)
+    whole = shards.get_batch(train_shards, cum, 7, 3, range(0, 8), 8, T)  # (8, T+1)
+    assert whole.shape == (8, T + 1) and whole.dtype == np.int64
+    halves = [shards.get_batch(train_shards, cum, 7, 3, range(a, a + 4), 8, T) for a in (0, 4)]
+    assert np.array_equal(np.concatenate(halves), whole)  # 2 x 4 rows = 8 x 1: same windows
+    out = np.full((4, T + 1), -1, dtype=np.int64)
+    assert shards.get_batch(train_shards, cum, 7, 3, range(4, 8), 8, T, out) is out
+    assert np.array_equal(out, whole[4:])
+    # every row is a contiguous run of some shard
+    text = [s.tobytes() for s in train_shards]
+    for row in whole:
+        assert any(row.astype(shards.DTYPE).tobytes() in t for t in text)
+    assert not np.array_equal(whole, shards.get_batch(train_shards, cum, 7, 4, range(0, 8), 8, T))
+
+
 # --- the first eval, logs and plots ----------------------------------------------------------------
 
 def test_init_loss_is_ln_vocab_and_logs_and_plot_are_written(token_dir, tmp_path):
