@@ -131,13 +131,12 @@ TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart
 step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
 
 
-pinned = {}  # CUDA: per batch shape, a ring of reusable pinned host buffers with the event of their last copy
+pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffers with the event of their last copy
 
 
 def fetch(step, first_row, rows, seed=seed):
     """Rows first_row.. of step `step`'s batch on the device as (x, y), each (rows, T); async copy on CUDA."""
-    batch = lambda out=None: shards.get_batch(train_shards, cum_starts, seed, step, range(first_row, first_row + rows),
-                                              step_rows, block_size, out)
+    args = (train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
     if device_type == 'cuda':
         # a fresh pinned tensor per batch costs a page-locked allocation each time; reuse a few,
         # waiting (rarely) only until the GPU has copied out of the one we overwrite
@@ -147,12 +146,12 @@ def fetch(step, first_row, rows, seed=seed):
         else:
             buf, done = ring.pop(0)
             done.synchronize()
-        batch(buf.numpy())  # the windows go straight into pinned memory
+        shards.get_batch(*args, out=buf.numpy())  # the windows go straight into pinned memory
         xy = buf.to(device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
-        xy = torch.from_numpy(batch()).to(device)
+        xy = torch.from_numpy(shards.get_batch(*args)).to(device)
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 
 
