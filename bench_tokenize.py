@@ -29,6 +29,7 @@ corpus_mb = 200  # MB of source text in the corpus: enough that start-up (spawn,
 files = 16  # parquet files it is split into (the stage's unit of parallel work)
 roots = [sysconfig.get_paths()['stdlib'], '/usr/include', sysconfig.get_paths()['purelib']]  # where the source code comes from
 repeats = 2  # timing rounds; the best of each is kept (other processes share the machine)
+pin = True  # run each measurement on its own physical cores (one hyperthread each) when the machine has enough
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
@@ -87,11 +88,35 @@ print(n / (t1 - t0), n / (c1 - c0))
 """
 
 
+def physical_cpus():
+    """One logical CPU per physical core that we may run on: hyperthread siblings share a core's
+    execution units, so two busy processes on siblings each run slower than on two cores."""
+    cpus, seen = [], set()
+    for c in sorted(os.sched_getaffinity(0)):
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{c}/topology/thread_siblings_list") as f:
+                core = f.read().strip()
+        except OSError:
+            core = str(c)
+        if core not in seen:
+            seen.add(core)
+            cpus.append(c)
+    return cpus
+
+
+def on_cpus(n):
+    """preexec_fn for a child that runs n busy processes or threads (+1 for the stage's main process):
+    pinned to n cores of their own, when pin is on and there are that many; else unpinned."""
+    if not pin or len(CORES) < n:
+        return None
+    return lambda: os.sched_setaffinity(0, CORES[:n])
+
+
 def raw(in_dir, threads):
     """The raw encoder's tokens/s on the corpus' documents, in a fresh process like the stage's."""
     paths = sorted(os.path.join(in_dir, f) for f in os.listdir(in_dir))
     p = subprocess.run([sys.executable, '-c', RAW, ROOT, str(threads), *paths], capture_output=True, text=True,
-                       check=True)
+                       check=True, preexec_fn=on_cpus(threads + 1))
     rate, cpu_rate = map(float, p.stdout.split())
     return dict(rate=rate, cpu_rate=cpu_rate)
 
@@ -101,7 +126,8 @@ def stage(in_dir, workers):
     shutil.rmtree(out, ignore_errors=True)
     t0, r0 = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.run([sys.executable, os.path.join(ROOT, 'tokenize_github_code.py'), f'--in_dir={in_dir}',
-                        f'--out_dir={out}', f'--workers={workers}'], capture_output=True, text=True)
+                        f'--out_dir={out}', f'--workers={workers}'], capture_output=True, text=True,
+                       preexec_fn=on_cpus(workers + 1))
     wall, r1 = time.time() - t0, resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime  # the stage's main and workers, start-up included
     if p.returncode:
@@ -119,8 +145,10 @@ def stage(in_dir, workers):
 if __name__ == '__main__':
     shutil.rmtree(bench_dir, ignore_errors=True)
     in_dir, ndocs, nbytes = make_corpus()
+    CORES = physical_cpus()
+    pinned = f"pinned to CPUs {CORES[:3]}" if pin and len(CORES) >= 3 else "not pinned"
     print(f"corpus: {ndocs:,} documents, {nbytes / 1e6:.1f} MB in {files} parquet files under {in_dir}; "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, {len(CORES)} physical cores; each measurement {pinned}")
     rounds = []
     for r in range(max(1, repeats)):
         load = os.getloadavg()[0]

@@ -37,7 +37,8 @@ max_new_tokens = 384  # tokens per completion at most (most stop far earlier at 
 batch_size = 20  # completions of one problem generated together (rows share the prompt)
 seed = 1337  # problem i samples with seed + i
 device = 'cuda'  # 'cuda', 'cuda:1', 'cpu', ...
-dtype = 'bfloat16'  # autocast dtype on cuda: 'bfloat16', 'float16' or 'float32'
+dtype = 'bfloat16'  # on cuda, the weights' and autocast dtype: 'bfloat16', 'float16' or 'float32'
+compile = True  # on cuda, torch.compile the CUDA-graph decode step: ~1 min once per batch size, then faster steps
 # execution (see sandbox.py for what is and is not contained)
 workers = os.cpu_count() or 2  # completions executed at once, one process each
 timeout = 5.0  # wall-clock seconds per completion
@@ -70,7 +71,7 @@ def pass_at_k(n, c, k):
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temperature, top_p, ctx):
+def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temperature, top_p, ctx, compile=False):
     """n completions of prompt, each decoded and cut at its first stop string or <|endoftext|>."""
     import torch
     eot = enc.eot_token
@@ -92,7 +93,7 @@ def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temper
         idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
         with ctx:
             y = model.generate(idx, max_new_tokens, temperature=temperature, top_p=top_p,
-                               stop_tokens=(eot,), stop_fn=stop_fn)  # (b, t + new)
+                               stop_tokens=(eot,), stop_fn=stop_fn, compile_step=compile)  # (b, t + new)
         out += [truncate(text_of(row[len(prompt_ids):])) for row in y.tolist()]
     return out
 
@@ -157,6 +158,8 @@ if __name__ == '__main__':
         iter_num = ck.get('iter_num')
         enc = get_encoding()
         if device.startswith('cuda') and dtype != 'float32':
+            # weights in the compute dtype: autocast would re-cast every matrix at every token
+            model = model.to(getattr(torch, dtype))
             ctx = torch.autocast('cuda', dtype=getattr(torch, dtype))
         print(f"model: {ckpt_path} (iter {iter_num}, {model.num_params() / 1e6:.1f}M params) on {device}")
     if not eval_dir:
@@ -209,7 +212,7 @@ if __name__ == '__main__':
             else:
                 torch.manual_seed(seed + i)  # problem i's samples do not depend on which problems ran before
                 texts = sample_completions(model, enc, problem['prompt'], n_samples, batch_size, max_new_tokens,
-                                           temperature, top_p, ctx)
+                                           temperature, top_p, ctx, compile=compile and device.startswith('cuda'))
             # the pool runs these while the next problem is sampled
             pending.append((problem, texts, [pool.submit(check, program(problem, t)) for t in texts]))
             while pending and all(f.done() for f in pending[0][2]):

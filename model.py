@@ -3,6 +3,7 @@ GPT-2 in one file, nanoGPT style: pre-LayerNorm blocks, causal self-attention th
 F.scaled_dot_product_attention (flash kernels on GPU), GELU MLP, lm_head tied to wte,
 and generation with a key/value cache.
 """
+import contextlib
 import inspect
 import math
 from dataclasses import dataclass
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 @dataclass
@@ -35,20 +37,19 @@ class CausalSelfAttention(nn.Module):
         self.n_embd = config.n_embd
         self.dropout = config.dropout
 
-    def forward(self, x, cache=None, pos=0):
+    def forward(self, x, cache=None, pos=0, mask=None):
         B, T, C = x.size()
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         if cache is not None and torch.is_tensor(pos):
-            # one token at a device-side position (CUDA graph decode): fixed shapes, so write slot
-            # pos and attend over the whole cache, the slots after pos masked out (they hold zeros)
+            # one token at a device-side position (the fixed-shape decode step): write slot pos and
+            # attend over the whole cache through mask, which hides the slots after pos (they hold zeros)
             cache_k, cache_v = cache
             cache_k.index_copy_(2, pos.view(1), k)
             cache_v.index_copy_(2, pos.view(1), v)
-            visible = (torch.arange(cache_k.size(2), device=x.device) <= pos).view(1, 1, 1, -1)  # (1, 1, 1, block_size)
-            y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=visible)  # (B, nh, 1, hs)
+            y = F.scaled_dot_product_attention(q, cache_k, cache_v, attn_mask=mask)  # (B, nh, 1, hs)
             y = y.transpose(1, 2).contiguous().view(B, T, C)
             return self.resid_dropout(self.c_proj(y))
         if cache is not None:
@@ -87,8 +88,8 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
         self.mlp = MLP(config)
 
-    def forward(self, x, cache=None, pos=0):
-        x = x + self.attn(self.ln_1(x), cache, pos)
+    def forward(self, x, cache=None, pos=0, mask=None):
+        x = x + self.attn(self.ln_1(x), cache, pos, mask)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -140,8 +141,14 @@ class GPT(nn.Module):
             assert pos + t <= self.config.block_size, f"sequence of {pos + t} tokens, block_size is {self.config.block_size}"
         positions = pos + torch.arange(t, dtype=torch.long, device=device)  # (t)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(positions))  # (b, t, n_embd)
+        mask = None
+        if cache is not None and torch.is_tensor(pos):
+            # additive mask over the whole cache, made once for all layers: 0 up to pos, -inf after
+            slots = torch.arange(self.config.block_size, device=device)
+            mask = torch.zeros(1, 1, 1, slots.numel(), dtype=cache[0][0].dtype, device=device)
+            mask = mask.masked_fill((slots > pos).view(1, 1, 1, -1), float('-inf'))  # (1, 1, 1, block_size)
         for i, block in enumerate(self.transformer.h):
-            x = block(x, None if cache is None else cache[i], pos)
+            x = block(x, None if cache is None else cache[i], pos, mask)
         x = self.transformer.ln_f(x)
         if targets is not None:
             logits = self.lm_head(x)  # (b, t, vocab_size)
@@ -169,7 +176,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_tokens=(), stop_fn=None, use_cache=True, cuda_graph=True):
+                 stop_tokens=(), stop_fn=None, use_cache=True, cuda_graph=True, compile_step=False):
         """
         Continue each row of idx (b, t) by up to max_new_tokens tokens; returns (b, t + n).
         temperature 0 is greedy. A row is done once it emits one of stop_tokens
@@ -179,44 +186,85 @@ class GPT(nn.Module):
         whole context. Past block_size the context is cut to its last half block and re-read.
         On CUDA with cuda_graph, each one-token step replays a captured CUDA graph: a 124M model's
         step is ~200 small kernels, and launching them one by one costs more than running them.
+        compile_step torch.compiles that step first (fewer, fused kernels; tens of seconds to
+        compile per batch size, so worth it for long jobs such as HumanEval, not for one sample).
         """
         b = idx.size(0)
         done = torch.zeros(b, dtype=torch.bool, device=idx.device)
         start = idx.size(1)
-        cache, pos, graph = None, 0, None
-        for _ in range(max_new_tokens):
+        # eager attention on CUDA avoids cuDNN's kernels: they build a plan for every new key length
+        # (~50 ms on an H100, torch 2.11), and a growing context is a new length at every token
+        def eager_attn():  # a fresh context each time: sdpa_kernel's can be entered only once
+            if not idx.is_cuda:
+                return contextlib.nullcontext()
+            return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
+        fixed_step = use_cache and ((cuda_graph and idx.is_cuda) or compile_step)  # tensor pos, whole cache
+        out = torch.empty(b, start + max_new_tokens, dtype=idx.dtype, device=idx.device)  # no cat per token
+        out[:, :start] = idx
+        cache, pos, step = None, 0, None
+        for n in range(start, start + max_new_tokens):
+            idx = out[:, :n]  # the sequence so far (b, n)
             if use_cache:
                 if cache is None or pos + 1 > self.config.block_size:
                     # (re)fill the cache from the prompt, or from the tail of a too-long context
-                    ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -(self.config.block_size // 2):]
+                    ctx = idx if n <= self.config.block_size else idx[:, -(self.config.block_size // 2):]
                     cache = self.new_cache(b, idx.device)
-                    logits, _ = self(ctx, cache=cache, pos=0)
-                    pos, graph = ctx.size(1), None
-                elif cuda_graph and idx.is_cuda:
-                    if graph is None:
-                        graph, g_tok, g_pos, g_logits = self.capture_decode_step(cache, idx[:, -1:], pos)
-                    g_tok.copy_(idx[:, -1:])
-                    g_pos.fill_(pos)
-                    graph.replay()
-                    logits = g_logits
+                    with eager_attn():
+                        logits, _ = self(ctx, cache=cache, pos=0)
+                    pos, step = ctx.size(1), None
+                elif fixed_step:
+                    if step is None:
+                        step = self.decode_step(cache, idx[:, -1:], pos, cuda_graph and idx.is_cuda, compile_step)
+                    logits = step(idx[:, -1:], pos)
                     pos += 1
                 else:
-                    logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
+                    with eager_attn():
+                        logits, _ = self(idx[:, -1:], cache=cache, pos=pos)
                     pos += 1
             else:
-                ctx = idx if idx.size(1) <= self.config.block_size else idx[:, -self.config.block_size:]
-                logits, _ = self(ctx)
+                ctx = idx if n <= self.config.block_size else idx[:, -self.config.block_size:]
+                with eager_attn():
+                    logits, _ = self(ctx)
             next_tok = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (b, 1)
             # rows already done (by a stop token or stop_fn) keep repeating their last token
             next_tok = torch.where(done[:, None], idx[:, -1:], next_tok)
             if stop_tokens:
                 done |= torch.isin(next_tok[:, 0], torch.tensor(list(stop_tokens), device=idx.device))
-            idx = torch.cat((idx, next_tok), dim=1)
+            out[:, n:n + 1] = next_tok
             if stop_fn is not None:
-                done |= stop_fn(idx[:, start:]).to(done.device)
+                done |= stop_fn(out[:, start:n + 1]).to(done.device)
             if (stop_tokens or stop_fn is not None) and done.all():  # a host sync: only when rows can end
-                break
-        return idx
+                return out[:, :n + 1]
+        return out
+
+    def decode_step(self, cache, tok, pos, cuda_graph=True, compile=False):
+        """A function step(tok (b, 1), pos int) -> logits (b, 1, vocab) for one cached token, with fixed
+        shapes (the position as a tensor, the whole cache masked), so it can be compiled once and
+        captured in a CUDA graph. Its first call must be for `tok` at `pos`."""
+        fwd = self.forward
+        if compile:
+            if getattr(self, '_compiled_step', None) is None:
+                self._compiled_step = torch.compile(self.forward, dynamic=False)  # recompiles per batch size
+            fwd = self._compiled_step
+        if cuda_graph:
+            graph, g_tok, g_pos, g_logits = self.capture_decode_step(cache, tok, pos, fwd)
+            at = [pos]  # where g_pos stands: each replay advances it by one itself
+
+            def step(tok, pos):
+                g_tok.copy_(tok)
+                if pos != at[0]:
+                    g_pos.fill_(pos)
+                graph.replay()
+                at[0] = pos + 1
+                return g_logits
+            return step
+        t_tok, t_pos = tok.clone(), torch.tensor(pos, device=tok.device)  # one stride: no recompiles
+
+        def step(tok, pos):
+            t_tok.copy_(tok)
+            t_pos.fill_(pos)
+            return fwd(t_tok, cache=cache, pos=t_pos)[0]
+        return step
 
     def new_cache(self, batch_size, device):
         """Per layer, preallocated keys and values: (B, nh, block_size, hs) each, in the model's dtype.
@@ -229,10 +277,12 @@ class GPT(nn.Module):
         return [(torch.zeros(shape, dtype=dtype, device=device), torch.zeros(shape, dtype=dtype, device=device))
                 for _ in range(cfg.n_layer)]
 
-    def capture_decode_step(self, cache, tok, pos):
+    def capture_decode_step(self, cache, tok, pos, fwd=None):
         """Capture one cached decode step in a CUDA graph: (graph, tok (b, 1), pos (), logits (b, 1, vocab)),
-        the last three static tensors that each graph.replay() reads and writes. The warm-up run
-        (which the capture needs) computes the step for `tok` at `pos`, the slot the first replay rewrites."""
+        the last three static tensors that each graph.replay() reads and writes: it reads tok at pos,
+        writes float32 logits and advances pos by one. The warm-up run (which the capture needs)
+        computes the step for `tok` at `pos`, the slot the first replay rewrites."""
+        fwd = fwd or self.forward  # or a torch.compile'd forward: its kernels are captured the same way
         g_tok, g_pos = tok.clone(), torch.tensor(pos, device=tok.device)
         # autocast's cache of cast weights would be freed after capture, under the graph's feet
         amp = torch.is_autocast_enabled('cuda')
@@ -240,11 +290,13 @@ class GPT(nn.Module):
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with ctx, torch.cuda.stream(side):
-            self(g_tok, cache=cache, pos=g_pos)  # warm-up: workspaces and kernels chosen outside capture
+            fwd(g_tok, cache=cache, pos=g_pos)  # warm-up (and compile): workspaces and kernels chosen outside capture
         torch.cuda.current_stream().wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with ctx, torch.cuda.graph(graph):
-            g_logits, _ = self(g_tok, cache=cache, pos=g_pos)
+            g_logits, _ = fwd(g_tok, cache=cache, pos=g_pos)
+            g_logits = g_logits.float()  # sampling's dtype, cast inside the graph: one launch less per token
+            g_pos.add_(1)  # the next token's slot, without a fill launched per token
         return graph, g_tok, g_pos, g_logits
 
 

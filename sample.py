@@ -29,8 +29,8 @@ top_p = 1.0  # nucleus sampling: the smallest set of tokens holding this much pr
 stop = []  # stop strings: a sample ends at the first one, which is cut off (<|endoftext|> always stops)
 seed = 1337  # torch RNG seed: the same seed and flags give the same samples
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps', ...
-dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # 'float32', 'bfloat16' or 'float16' (CUDA only)
-compile = False  # torch.compile the forward pass: slow to start, faster for long samples
+dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # weights and autocast: 'float32', 'bfloat16' or 'float16' (CUDA only)
+compile = False  # torch.compile the one-token decode step: ~1 min to start, faster steps for long samples
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -55,9 +55,8 @@ ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=
 model, checkpoint, path = load_model(out_dir, ckpt, device)
 print(f"loaded {path} (iter {checkpoint.get('iter_num')}, best val loss {checkpoint.get('best_val_loss', float('nan')):.4f}, "
       f"{model.num_params() / 1e6:.2f}M parameters)")
-if compile:
-    # compile forward, not the module: generate() calls self(...), which a compiled wrapper would bypass
-    model.forward = torch.compile(model.forward, dynamic=True)
+if device_type == 'cuda' and ptdtype != torch.float32:
+    model = model.to(ptdtype)  # weights in the compute dtype: autocast would re-cast every matrix at every token
 
 # --- the prompt ---
 enc = get_encoding()
@@ -98,7 +97,8 @@ def reached_stop(generated):
 t0 = time.time()
 with torch.no_grad(), ctx:
     y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                       stop_tokens=(EOT,), stop_fn=reached_stop if stop else None, use_cache=True)
+                       stop_tokens=(EOT,), stop_fn=reached_stop if stop else None, use_cache=True,
+                       compile_step=compile)
 dt = time.time() - t0
 
 n_tokens = num_samples * (y.size(1) - len(ids))  # generated, whether shown or cut

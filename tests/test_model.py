@@ -98,6 +98,19 @@ def test_decode_step_at_a_device_side_position_matches_the_sliced_cache():
         assert torch.allclose(k1, k2, atol=1e-5) and torch.allclose(v1, v2, atol=1e-5)
 
 
+def test_compiled_decode_step_generates_the_same_tokens():
+    # generate(compile_step=True): the fixed-shape step through torch.compile (on a GPU it is then
+    # captured in a CUDA graph); past block_size the cache is refilled and the compiled step reused
+    model = tiny(scale=0.3, block_size=48)
+    torch.manual_seed(3)
+    prompt = torch.randint(0, 64, (3, 7))
+    eager = model.generate(prompt, 60, temperature=0, compile_step=False)
+    compiled = model.generate(prompt, 60, temperature=0, compile_step=True)
+    assert compiled.shape == (3, 67)
+    assert torch.equal(compiled, eager)
+    assert len(set(compiled[:, 7:].flatten().tolist())) > 10  # the context matters, not one repeated token
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
 def test_cuda_graph_decode_equals_eager_on_gpu():
     model = tiny(scale=0.3, block_size=64).cuda()
@@ -105,6 +118,8 @@ def test_cuda_graph_decode_equals_eager_on_gpu():
     eager = model.generate(prompt, 80, temperature=0, cuda_graph=False)  # runs past block_size: a re-capture
     graphed = model.generate(prompt, 80, temperature=0, cuda_graph=True)
     assert torch.equal(graphed, eager)
+    compiled = model.generate(prompt, 80, temperature=0, cuda_graph=True, compile_step=True)
+    assert torch.equal(compiled, eager)
     # bf16 autocast: each replay gives the logits of the same step run eagerly
     with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
         replayed, direct = model.new_cache(4, prompt.device), model.new_cache(4, prompt.device)
