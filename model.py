@@ -258,7 +258,7 @@ class GPT(nn.Module):
                 at[0] = pos + 1
                 return g_logits
             return step
-        t_tok, t_pos = tok.clone(), torch.tensor(pos, device=tok.device)  # one stride: no recompiles
+        t_tok, t_pos = fresh(tok), torch.tensor(pos, device=tok.device)  # one stride: no recompiles
 
         def step(tok, pos):
             t_tok.copy_(tok)
@@ -283,7 +283,7 @@ class GPT(nn.Module):
         writes float32 logits and advances pos by one. The warm-up run (which the capture needs)
         computes the step for `tok` at `pos`, the slot the first replay rewrites."""
         fwd = fwd or self.forward  # or a torch.compile'd forward: its kernels are captured the same way
-        g_tok, g_pos = tok.clone(), torch.tensor(pos, device=tok.device)
+        g_tok, g_pos = fresh(tok), torch.tensor(pos, device=tok.device)
         # autocast's cache of cast weights would be freed after capture, under the graph's feet
         amp = torch.is_autocast_enabled('cuda')
         ctx = torch.autocast('cuda', dtype=torch.get_autocast_dtype('cuda'), enabled=amp, cache_enabled=False)
@@ -298,6 +298,12 @@ class GPT(nn.Module):
             g_logits = g_logits.float()  # sampling's dtype, cast inside the graph: one launch less per token
             g_pos.add_(1)  # the next token's slot, without a fill launched per token
         return graph, g_tok, g_pos, g_logits
+
+
+def fresh(t):
+    """A contiguous copy with fresh strides. clone() keeps a (1, 1) view's row stride, which differs
+    between generate calls and would make torch.compile recompile the decode step each time."""
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device).copy_(t)
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None):
