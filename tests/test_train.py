@@ -260,15 +260,21 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_checkpoint(token_di
 
 # --- DDP ------------------------------------------------------------------------------------------
 
+def torchrun(*args):
+    """train.py on 2 gloo ranks (CPU processes) through torchrun; fails the test if it fails."""
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'train.py'), *args]
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
+                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
 def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(token_dir, tmp_path):
     args = [*TINY, f'--data_dir={token_dir}', '--max_iters=4', '--eval_interval=4', '--gradient_accumulation_steps=4']
     one, two = tmp_path / 'one', tmp_path / 'two'
     run_script('train.py', *args, f'--out_dir={one}')
-    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-           os.path.join(ROOT, 'train.py'), *args, f'--out_dir={two}']
-    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                       env={**os.environ, 'OMP_NUM_THREADS': '1'})
-    assert p.returncode == 0, p.stdout + p.stderr
+    p = torchrun(*args, f'--out_dir={two}')
     assert '2 rank(s) x 2 micro-batches' in p.stdout
     a, b = train_losses(read_log(one)), train_losses(read_log(two))
     assert sorted(a) == sorted(b) == [0, 1, 2, 3]
@@ -285,19 +291,10 @@ def test_two_gloo_ranks_resume_bit_identically(token_dir, tmp_path):
     # a 2-rank run stopped at step 3 and resumed (each rank restores its own RNG and batch position)
     # gives the same losses and weights as the 2-rank run that never stopped
     args = [*TINY, f'--data_dir={token_dir}', '--eval_interval=3', '--gradient_accumulation_steps=4', '--dropout=0.1']
-
-    def torchrun(out, *extra):
-        cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
-               os.path.join(ROOT, 'train.py'), *args, f'--out_dir={out}', *extra]
-        p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300,
-                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
-        assert p.returncode == 0, p.stdout + p.stderr
-        return p
-
     straight, split = tmp_path / 'straight', tmp_path / 'split'
-    torchrun(straight, '--max_iters=6')
-    torchrun(split, '--max_iters=3')
-    assert 'resuming' in torchrun(split, '--max_iters=6', '--init_from=resume').stdout
+    torchrun(*args, f'--out_dir={straight}', '--max_iters=6')
+    torchrun(*args, f'--out_dir={split}', '--max_iters=3')
+    assert 'resuming' in torchrun(*args, f'--out_dir={split}', '--max_iters=6', '--init_from=resume').stdout
     a, b = train_losses(read_log(straight)), train_losses(read_log(split))
     assert sorted(a) == list(range(6)) and a == b  # floats compared exactly
     ca, cb = load(straight / 'ckpt.pt'), load(split / 'ckpt.pt')
