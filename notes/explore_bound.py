@@ -7,13 +7,13 @@
 # usage (GPU): python notes/explore_bound.py   (random tokens: session 2 saw no difference from real ones)
 import os
 import sys
-import time
 
 import torch
 import torch.nn as nn
 
 sys.path.insert(0, os.getcwd())
 from model import GPT, GPTConfig  # noqa: E402
+from notes.steptime import plain_step, time_steps  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -32,29 +32,8 @@ def step_time(free_ln=False, free_gelu=False, mode=None, steps=30):
             block.mlp.gelu = nn.Identity()
     if free_ln:
         model.transformer.ln_f = nn.Identity()
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')
-    cm = torch.compile(model, mode=mode)
-
-    def step(i):
-        xy = data[i % len(data)].cuda(non_blocking=True)
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            _, loss = cm(xy[:, :-1], xy[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    for i in range(5):
-        step(i).item()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(steps):
-        loss = step(i)
-    loss.item()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    return B * T / dt, dt * 1000
+    tok_s, ms, _, _ = time_steps(plain_step(model, data, mode), B * T, steps)
+    return tok_s, ms
 
 
 for name, kw in [

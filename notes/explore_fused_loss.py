@@ -5,7 +5,6 @@
 #   python notes/explore_fused_loss.py
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -13,6 +12,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 import shards  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from notes.steptime import plain_step, time_steps  # noqa: E402
 
 # --- the fused loss tried here (measured, not kept: see notes/throughput.md, session 4) -----------
 class LinearCrossEntropy(torch.autograd.Function):
@@ -94,40 +94,7 @@ def step_time(fused=True, cdt=False, mode=None, steps=30, profile=None):
     torch.manual_seed(0)
     model = FusedGPT(GPTConfig()).cuda()
     model.fused_loss = fused
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')
-    cm = torch.compile(model, mode=mode)
-
-    def step(i):
-        xy = data[i % len(data)].cuda(non_blocking=True)
-        with torch.autocast('cuda', dtype=torch.bfloat16):
-            _, loss = cm(xy[:, :-1], xy[:, 1:])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss
-
-    t0 = time.time()
-    for i in range(5):
-        step(i).item()
-    compile_s = time.time() - t0
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for i in range(steps):
-        loss = step(i)
-    loss.item()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            for i in range(3):
-                step(i)
-            torch.cuda.synchronize()
-        with open(profile, 'w') as f:
-            f.write(p.key_averages().table(sort_by='self_cuda_time_total', row_limit=30, max_name_column_width=100))
-    return B * T / dt, dt * 1000, torch.cuda.max_memory_allocated() / 2**30, compile_s
+    return time_steps(plain_step(model, data, mode), B * T, steps, profile)
 
 
 for name, kw in [

@@ -14,6 +14,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 import shards  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from notes.steptime import time_steps  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -81,24 +82,8 @@ def step_time(data, contiguous=True, extras=False, eager_embedding=False, steps=
             first_bad = torch.where(torch.isfinite(step_loss) | (first_bad != 2**62), first_bad, i)
         return loss
 
-    for i in range(5):
-        step(i).item()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for i in range(steps):
-        loss = step(i)
-    loss.item()
-    torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
-    if profile:
-        from torch.profiler import ProfilerActivity, profile as prof
-        with prof(activities=[ProfilerActivity.CUDA]) as p:
-            for i in range(3):
-                step(i)
-            torch.cuda.synchronize()
-        with open(profile, 'w') as f:
-            f.write(p.key_averages().table(sort_by='self_cuda_time_total', row_limit=25, max_name_column_width=90))
-    return B * T / dt, dt * 1000
+    tok_s, ms, _, _ = time_steps(step, B * T, steps, profile)
+    return tok_s, ms
 
 
 out = os.environ.get('OUT', '.')
