@@ -1,6 +1,7 @@
 """tokenize_github_code.py, driven through its command line on parquet made from real local code."""
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -8,7 +9,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import code_rows, run_script
+from conftest import code_rows, run_script, write_parquet
 from github_code import language_of, language_slug
 
 SCRIPT = 'tokenize_github_code.py'
@@ -269,8 +270,6 @@ def test_out_dir_made_with_another_config_is_refused(corpus, reference, tmp_path
 def test_worker_memory_does_not_grow_with_the_file(tmp_path):
     """One parquet file as one row group (nothing bounds a read but batch_rows): a worker's peak RSS must
     not follow the file's size. Reading whole row groups measured +360 MiB from 10 to 50 MB of text."""
-    import re
-    from conftest import write_parquet
     rows = [r for r in code_rows(per_language=200) if r['path'].endswith('.py')]
     peaks = []
     for mb in (10, 50):
