@@ -28,3 +28,25 @@ def write_json(path, obj):
         with open(tmp, 'w') as f:
             json.dump(obj, f, indent=1, sort_keys=False)
             f.write('\n')
+
+
+def lock_dir(path, what):
+    """Take out_dir/.lock for this process, or exit naming the process that holds it.
+
+    An flock ends with its process, so a lock left by a killed run is simply taken over.
+    Returns the open file: keep it referenced, the lock lasts as long as it is open."""
+    import fcntl
+    os.makedirs(path, exist_ok=True)
+    f = open(os.path.join(path, '.lock'), 'a+')
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or 'unknown'
+        raise SystemExit(f"error: {path} is in use by another {what} run (pid {holder}); "
+                         f"wait for it to finish, or pass another out_dir")
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f

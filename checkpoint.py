@@ -1,7 +1,7 @@
 """
 Checkpoint files in an out_dir, shared by train.py (writes) and sample.py / the evals / export (read).
 
-    ckpt.pt       the latest state: model, optimizer, loader and RNG state, ... (resume from it)
+    ckpt.pt       the latest state: model, optimizer, loader and RNG state, the tokens' 'encoding', ... (resume from it)
     ckpt_best.pt  the same dict at the step with the lowest overall val loss so far
 
 State dicts carry no torch.compile '_orig_mod.' prefix, and every file loads with
@@ -13,6 +13,7 @@ import torch
 
 from atomic import atomic_path
 from model import GPT, GPTConfig
+from shards import DEFAULT_ENCODING
 
 LATEST, BEST = 'ckpt.pt', 'ckpt_best.pt'
 
@@ -42,6 +43,11 @@ def load_checkpoint(path, device='cpu'):
         return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
         raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {e}")
+
+
+def encoding_of(ckpt):
+    """The tiktoken encoding the checkpoint's model was trained on; files without the key are r50k_base."""
+    return ckpt.get('encoding', DEFAULT_ENCODING)
 
 
 def load_model(out_dir, which='best', device='cpu'):

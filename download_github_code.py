@@ -31,7 +31,7 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import github_code
-from atomic import write_json
+from atomic import lock_dir, write_json
 from configurator import configure, die
 
 # -----------------------------------------------------------------------------
@@ -506,6 +506,7 @@ def build_local():
 
 # --- run, then write the manifest atomically: it appears only when every file in it is verified
 if __name__ == '__main__':
+    lock = lock_dir(out_dir, 'download_github_code.py')  # two downloads into one folder would append to the same files
     try:
         manifest, summary = download_from_hub() if source == 'hub' else build_local()
     except Failed as e:

@@ -15,12 +15,11 @@ import os
 import sys
 import time
 
-import numpy as np
 import torch
 
 import shards
 from atomic import write_json
-from checkpoint import load_model
+from checkpoint import encoding_of, load_model
 from configurator import configure
 
 # -----------------------------------------------------------------------------
@@ -65,10 +64,10 @@ if languages != 'all':
     if missing:
         die(f"languages {missing} have no val set in {data_dir}; it has {', '.join(val)}")
     val = {l: val[l] for l in wanted}
-enc = shards.get_encoding()
-# bytes each token stands for; <|endoftext|> separates documents and is no byte of them
-token_bytes = np.array([0 if i == manifest['eot'] else len(enc.decode_single_token_bytes(i))
-                        for i in range(enc.n_vocab)], dtype=np.int64)
+if manifest['encoding'] != encoding_of(ck):
+    die(f"{data_dir} holds {manifest['encoding']} tokens but {ckpt_path} was trained on {encoding_of(ck)}; "
+        f"pass a token directory made with --encoding={encoding_of(ck)}")
+token_bytes = shards.token_byte_lengths(shards.get_encoding(encoding_of(ck)))  # (n_vocab,)
 
 # ----------------------------------------------------------------------------- score
 results = {}

@@ -93,7 +93,7 @@ def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temper
         idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
         with ctx:
             y = model.generate(idx, max_new_tokens, temperature=temperature, top_p=top_p,
-                               stop_tokens=(eot,), stop_fn=stop_fn, compile_step=compile)  # (b, t + new)
+                               stop_tokens=(eot,), stop_fn=stop_fn, compile_step=compile, n_vocab=enc.n_vocab)  # (b, t + new)
         out += [truncate(text_of(row[len(prompt_ids):])) for row in y.tolist()]
     return out
 
@@ -148,7 +148,7 @@ if __name__ == '__main__':
     ckpt_path, iter_num = None, None
     ctx = contextlib.nullcontext()
     if completions == 'model':
-        from checkpoint import load_model
+        from checkpoint import encoding_of, load_model
         from shards import get_encoding
         if device.startswith('cuda') and not torch.cuda.is_available():
             die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
@@ -156,7 +156,7 @@ if __name__ == '__main__':
             die(f"dtype='{dtype}' is not 'bfloat16', 'float16' or 'float32'")
         model, ck, ckpt_path = load_model(out_dir, ckpt, device)
         iter_num = ck.get('iter_num')
-        enc = get_encoding()
+        enc = get_encoding(encoding_of(ck))
         if device.startswith('cuda') and dtype != 'float32':
             # weights in the compute dtype: autocast would re-cast every matrix at every token
             model = model.to(getattr(torch, dtype))

@@ -3,20 +3,21 @@ Export a checkpoint as a Hugging Face transformers GPT2LMHeadModel folder, so th
     GPT2LMHeadModel.from_pretrained(folder) and AutoTokenizer.from_pretrained(folder)
 
 Reads a checkpoint (out_dir/ckpt_best.pt by default). Writes export_dir with config.json,
-model.safetensors, generation_config.json and GPT-2's tokenizer (vocab.json, merges.txt,
-tokenizer.json, tokenizer_config.json), made offline from tiktoken's r50k_base ranks. The folder
-is written beside its final name and swapped in, so it is never seen half written.
+model.safetensors, generation_config.json and the tokenizer of the checkpoint's encoding
+(tokenizer.json, tokenizer_config.json, special_tokens_map.json), made offline from tiktoken's
+ranks by transformers' tiktoken converter; it encodes exactly as tiktoken does, for r50k_base and
+p50k_base alike. The folder is written beside its final name and swapped in, so it is never seen
+half written.
 
 The mapping: our nn.Linear weights are (out, in), HF's Conv1D are (in, out), so they are
-transposed; the vocab padded to 50304 is cropped back to GPT-2's 50257 (the pad rows are never a
-target); lm_head is tied to wte as in ours; a model trained with bias=False gets zero biases
+transposed; the vocab padded to 50304 is cropped back to the encoding's 50257 or 50281 (the pad
+rows are never a target); lm_head is tied to wte as in ours; a model trained with bias=False gets zero biases
 (LayerNorm without bias == LayerNorm with a zero bias); activation 'gelu' is the exact erf GELU
 of our nn.GELU(); layer_norm_epsilon 1e-5 is nn.LayerNorm's default.
 
     python export_hf.py --out_dir=out                       # -> out/hf
     python export_hf.py --out_dir=out/ckpt.pt --export_dir=hf/gpt2-code --dtype=bfloat16
 """
-import json
 import os
 import shutil
 import sys
@@ -24,9 +25,9 @@ import time
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import encoding_of, load_model
 from configurator import configure
-from shards import EOT, VOCAB_SIZE, get_encoding
+from shards import EOT, get_encoding
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # checkpoint folder (or a .pt file)
@@ -44,11 +45,11 @@ def die(msg):
     sys.exit(2)
 
 
-def hf_state_dict(sd, n_layer, n_embd):
+def hf_state_dict(sd, n_layer, n_embd, n_vocab):
     """Our GPT state dict -> GPT2LMHeadModel's: crop the vocab, transpose Conv1D weights, zero missing biases."""
     sd = {k.removeprefix('_orig_mod.'): v.float() for k, v in sd.items()}
     out = {}
-    wte = sd['transformer.wte.weight'][:VOCAB_SIZE]  # (50257, n_embd)
+    wte = sd['transformer.wte.weight'][:n_vocab]  # (n_vocab, n_embd)
     out['transformer.wte.weight'] = wte
     out['transformer.wpe.weight'] = sd['transformer.wpe.weight']
     # (name, width) of every Linear and LayerNorm in a block; Linears become Conv1D (in, out)
@@ -66,57 +67,21 @@ def hf_state_dict(sd, n_layer, n_embd):
     return out
 
 
-def bytes_to_unicode():
-    """GPT-2's printable stand-in for each byte: printable Latin-1 bytes are themselves, the
-    others (controls, space, ...) take the characters from U+0100 on, in byte order."""
-    printable = set(range(ord('!'), ord('~') + 1)) | set(range(ord('¡'), ord('¬') + 1)) | set(range(ord('®'), ord('ÿ') + 1))
-    table, extra = {}, 0
-    for b in range(256):
-        if b in printable:
-            table[b] = chr(b)
-        else:
-            table[b] = chr(256 + extra)
-            extra += 1
-    return table
+def write_tokenizer(folder, enc, block_size):
+    """tokenizer.json and tokenizer_config.json for the encoding, by transformers' own tiktoken
+    converter (vocab and merges from tiktoken's ranks, the same split pattern, byte-level decoding)."""
+    from transformers import GPT2TokenizerFast
+    from transformers.convert_slow_tokenizer import TikTokenConverter
 
+    class FromRanks(TikTokenConverter):
+        def load_tiktoken_bpe(self, _):  # the ranks tiktoken already loaded, instead of reading a file
+            return {**enc._mergeable_ranks, b'<|endoftext|>': EOT}  # EOT in the vocab at its own id
 
-def gpt2_vocab_and_merges(ranks):
-    """tiktoken's {token bytes: rank} -> GPT-2's vocab.json dict and merges.txt lines.
-
-    A token of rank r is made by the merge of rank r; which two parts it joins is found by running
-    BPE on its bytes with only the merges ranked below r: what is left are exactly two parts."""
-    u = bytes_to_unicode()
-    text = lambda bs: ''.join(u[b] for b in bs)
-    vocab = {text(tok): rank for tok, rank in ranks.items()}
-    merges = []
-    for tok, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
-        if len(tok) < 2:
-            continue
-        parts = [bytes([b]) for b in tok]
-        while len(parts) > 2:
-            pairs = [(ranks.get(parts[j] + parts[j + 1], rank), j) for j in range(len(parts) - 1)]
-            best, j = min(pairs)
-            assert best < rank, f"token {tok!r} (rank {rank}) is not built from lower-ranked merges"
-            parts[j:j + 2] = [parts[j] + parts[j + 1]]
-        merges.append(f"{text(parts[0])} {text(parts[1])}")
-    return vocab, merges
-
-
-def write_tokenizer(folder, block_size):
-    """vocab.json, merges.txt and tokenizer_config.json, then transformers adds tokenizer.json."""
-    enc = get_encoding()
-    vocab, merges = gpt2_vocab_and_merges(enc._mergeable_ranks)
-    vocab['<|endoftext|>'] = EOT
-    with open(os.path.join(folder, 'vocab.json'), 'w', encoding='utf-8') as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(folder, 'merges.txt'), 'w', encoding='utf-8') as f:
-        f.write('#version: 0.2\n' + '\n'.join(merges) + '\n')
     eot = '<|endoftext|>'
-    with open(os.path.join(folder, 'tokenizer_config.json'), 'w') as f:
-        json.dump({'tokenizer_class': 'GPT2Tokenizer', 'model_max_length': block_size, 'add_prefix_space': False,
-                   'bos_token': eot, 'eos_token': eot, 'unk_token': eot}, f, indent=1)
-    from transformers import AutoTokenizer
-    AutoTokenizer.from_pretrained(folder).save_pretrained(folder)  # adds tokenizer.json (the fast one)
+    converted = FromRanks(pattern=enc._pat_str, extra_special_tokens=[eot]).converted()
+    tok = GPT2TokenizerFast(tokenizer_object=converted, bos_token=eot, eos_token=eot, unk_token=eot,
+                            model_max_length=block_size, add_prefix_space=False)
+    tok.save_pretrained(folder)
 
 
 t_start = time.time()
@@ -130,19 +95,21 @@ if dtype not in ('float32', 'bfloat16', 'float16'):
 # ----------------------------------------------------------------------------- our model
 model, ck, ckpt_path = load_model(out_dir, ckpt, 'cpu')
 cfg = model.config
-if cfg.vocab_size < VOCAB_SIZE:
-    die(f"{ckpt_path} has vocab_size {cfg.vocab_size} < GPT-2's {VOCAB_SIZE}; it was not trained on GPT-2 tokens")
+enc = get_encoding(encoding_of(ck))  # the tokens it was trained on
+n_vocab = enc.n_vocab  # 50257 (r50k_base) or 50281 (p50k_base): the padding rows are cropped
+if cfg.vocab_size < n_vocab:
+    die(f"{ckpt_path} has vocab_size {cfg.vocab_size} < {enc.name}'s {n_vocab}; it was not trained on those tokens")
 if not export_dir:
     export_dir = os.path.join(os.path.dirname(ckpt_path), 'hf')
 
 # ----------------------------------------------------------------------------- the HF model
-hf_config = GPT2Config(vocab_size=VOCAB_SIZE, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
+hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function='gelu',
                        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                        layer_norm_epsilon=1e-5, bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=True,
                        architectures=['GPT2LMHeadModel'])
 hf = GPT2LMHeadModel(hf_config)
-hf.load_state_dict(hf_state_dict(model.state_dict(), cfg.n_layer, cfg.n_embd), strict=True)  # every key, every shape
+hf.load_state_dict(hf_state_dict(model.state_dict(), cfg.n_layer, cfg.n_embd, n_vocab), strict=True)  # every key, every shape
 hf.tie_weights()
 hf = hf.to(getattr(torch, dtype)).eval()
 
@@ -154,7 +121,7 @@ os.makedirs(tmp)
 try:
     hf.save_pretrained(tmp, safe_serialization=True)
     if tokenizer:
-        write_tokenizer(tmp, cfg.block_size)
+        write_tokenizer(tmp, enc, cfg.block_size)
     if os.path.exists(export_dir):
         old = f"{export_dir}.old{os.getpid()}"
         os.replace(export_dir, old)
@@ -168,7 +135,6 @@ finally:
 # ----------------------------------------------------------------------------- check
 check = ''
 if verify:
-    enc = get_encoding()
     with open(os.path.abspath(__file__)) as f:  # some real code: this very file
         ids = [EOT] + enc.encode_ordinary(f.read())[:cfg.block_size - 1]
     x = torch.tensor([ids])
@@ -176,9 +142,9 @@ if verify:
     # ours with the weights rounded as they were saved, so any difference is the mapping's, not dtype's
     model.load_state_dict({k: v.to(getattr(torch, dtype)).float() for k, v in model.state_dict().items()})
     with torch.no_grad():
-        theirs = loaded(x).logits  # (1, t, 50257)
+        theirs = loaded(x).logits  # (1, t, n_vocab)
         ours, _ = model.float()(x, targets=x, return_logits=True)  # every position's logits
-    diff = (ours[..., :VOCAB_SIZE] - theirs).abs().max().item()
+    diff = (ours[..., :n_vocab] - theirs).abs().max().item()
     if diff > 1e-3:
         die(f"the exported model's logits differ from ours by {diff:.3g} on {len(ids)} tokens; "
             f"the export is wrong, please report it")

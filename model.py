@@ -158,15 +158,22 @@ class GPT(nn.Module):
         # inference: only the last position's logits are needed
         return self.lm_head(x[:, -1:, :]), None  # (b, 1, vocab_size)
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
-        # decay every matrix (matmul weights, embeddings); not biases or LayerNorm gains
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay = [p for p in params if p.dim() >= 2]
-        no_decay = [p for p in params if p.dim() < 2]
-        groups = [{'params': decay, 'weight_decay': weight_decay},
-                  {'params': no_decay, 'weight_decay': 0.0}]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
+        """[AdamW] over every parameter; or, with muon=dict(lr=, momentum=, weight_decay=), [AdamW, Muon]:
+        Muon on the blocks' weight matrices (q/k/v, projections, MLP) and AdamW on the rest (the
+        embeddings, wte being the head too, LayerNorm gains and biases), which Muon does not fit.
+        The caller sets each group's 'lr' at every step (its schedule)."""
+        hidden = [p for n, p in self.named_parameters() if muon and n.startswith('transformer.h.') and p.dim() == 2]
+        rest = [p for p in self.parameters() if all(p is not h for h in hidden)]
+        # AdamW decays every matrix (embeddings); not biases or LayerNorm gains
+        groups = [{'params': [p for p in rest if p.dim() >= 2], 'weight_decay': weight_decay},
+                  {'params': [p for p in rest if p.dim() < 2], 'weight_decay': 0.0}]
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
-        return torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))
+        opts = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))]
+        if hidden:
+            opts.append(torch.optim.Muon(hidden, lr=muon['lr'],
+                                         momentum=muon['momentum'], weight_decay=muon['weight_decay']))
+        return opts
 
     def flops_per_token(self):
         """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12*L*H*Q*T (PaLM)."""
@@ -176,7 +183,7 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None,
-                 stop_tokens=(), stop_fn=None, use_cache=True, cuda_graph=True, compile_step=False):
+                 stop_tokens=(), stop_fn=None, use_cache=True, cuda_graph=True, compile_step=False, n_vocab=None):
         """
         Continue each row of idx (b, t) by up to max_new_tokens tokens; returns (b, t + n).
         temperature 0 is greedy. A row is done once it emits one of stop_tokens
@@ -186,7 +193,8 @@ class GPT(nn.Module):
         whole context. Past block_size the context is cut to its last half block and re-read.
         On CUDA with cuda_graph, each one-token step replays a captured CUDA graph: a 124M model's
         step is ~200 small kernels, and launching them one by one costs more than running them.
-        compile_step torch.compiles that step first (fewer, fused kernels; tens of seconds to
+        n_vocab: ids at or past it (the embedding's padding rows, which no encoding can decode) are
+        never sampled. compile_step torch.compiles that step first (fewer, fused kernels; tens of seconds to
         compile per batch size, so worth it for long jobs such as HumanEval, not for one sample).
         """
         b = idx.size(0)
@@ -225,7 +233,10 @@ class GPT(nn.Module):
                 ctx = idx if n <= self.config.block_size else idx[:, -self.config.block_size:]
                 with eager_attn():
                     logits, _ = self(ctx)
-            next_tok = sample_next(logits[:, -1, :].float(), temperature, top_k, top_p)  # (b, 1)
+            logits = logits[:, -1, :].float()  # (b, vocab_size)
+            if n_vocab is not None:
+                logits[:, n_vocab:] = -float('inf')
+            next_tok = sample_next(logits, temperature, top_k, top_p)  # (b, 1)
             # rows already done (by a stop token or stop_fn) keep repeating their last token
             next_tok = torch.where(done[:, None], idx[:, -1:], next_tok)
             if stop_tokens:

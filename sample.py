@@ -13,7 +13,7 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint import load_model
+from checkpoint import encoding_of, load_model
 from configurator import configure
 from shards import EOT, get_encoding
 
@@ -59,7 +59,7 @@ if device_type == 'cuda' and ptdtype != torch.float32:
     model = model.to(ptdtype)  # weights in the compute dtype: autocast would re-cast every matrix at every token
 
 # --- the prompt ---
-enc = get_encoding()
+enc = get_encoding(encoding_of(checkpoint))  # the tokens the model was trained on
 if start.startswith('FILE:'):
     prompt_file = start[len('FILE:'):]
     if not os.path.isfile(prompt_file):
@@ -78,8 +78,7 @@ x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples,
 
 
 def token_bytes(tokens):
-    # ids past the tokenizer's 50257 are vocab padding: never trained on, no text; drop them
-    return enc.decode_bytes([t for t in tokens if t < enc.n_vocab])
+    return enc.decode_bytes(tokens)
 
 
 stop_bytes = [s.encode('utf-8') for s in stop]
@@ -98,7 +97,7 @@ t0 = time.time()
 with torch.no_grad(), ctx:
     y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        stop_tokens=(EOT,), stop_fn=reached_stop if stop else None, use_cache=True,
-                       compile_step=compile)
+                       compile_step=compile, n_vocab=enc.n_vocab)
 dt = time.time() - t0
 
 n_tokens = num_samples * (y.size(1) - len(ids))  # generated, whether shown or cut

@@ -11,6 +11,11 @@ the model learns where files begin. The manifest holds at least:
      "train": [{"file": "train_000000.npy", "tokens": N}, ...],
      "val": [{"file": "val_python.npy", "language": "Python", "tokens": N, "bytes": B}, ...]}
 where a val entry's bytes are the UTF-8 bytes of its documents (for bits per byte).
+
+The encoding is tiktoken's r50k_base (GPT-2's BPE) or p50k_base (Codex's: the same BPE plus 24
+tokens for runs of 2 to 25 spaces, ids 50257-50280). Both keep <|endoftext|> at 50256 and fit
+uint16 and the 50304-row padded embedding. The manifest says which; every later stage reads it
+from there (train.py) or from the checkpoint's 'encoding' key (sample, evals, export).
 """
 import json
 import math
@@ -20,15 +25,24 @@ import numpy as np
 
 from atomic import atomic_path
 
-ENCODING = 'r50k_base'  # tiktoken's name for GPT-2's BPE (same ranks, pattern and <|endoftext|>)
-EOT = 50256
-VOCAB_SIZE = 50257
+ENCODINGS = ('r50k_base', 'p50k_base')  # tiktoken's names: GPT-2's BPE, and Codex's with runs of spaces
+DEFAULT_ENCODING = 'r50k_base'  # the reference run's, and that of every file made before the key existed
+EOT = 50256  # <|endoftext|> in both
 DTYPE = np.uint16
 
 
-def get_encoding():
+def get_encoding(name):
+    if name not in ENCODINGS:
+        raise SystemExit(f"error: encoding '{name}' is not one of {', '.join(ENCODINGS)}")
     import tiktoken  # imported late: train.py's workers never need it
-    return tiktoken.get_encoding(ENCODING)
+    return tiktoken.get_encoding(name)
+
+
+def token_byte_lengths(enc):
+    """(n_vocab,) int64: the UTF-8 bytes each token stands for; <|endoftext|> separates documents
+    and is no byte of them (for bits per byte)."""
+    return np.array([0 if i == EOT else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)],
+                    dtype=np.int64)
 
 
 def train_name(index):

@@ -30,18 +30,20 @@ import time
 
 import numpy as np
 
-from atomic import write_json
+from atomic import lock_dir, write_json
 from configurator import configure, die
 from github_code import LICENSES, language_of, language_slug, parse_languages
-from shards import DTYPE, ENCODING, EOT, VOCAB_SIZE, get_encoding, save_shard, train_name, val_name
+from shards import DTYPE, ENCODINGS, EOT, get_encoding, save_shard, train_name, val_name
 
 # -----------------------------------------------------------------------------
 in_dir = 'data/github-code/parquet'  # parquet files and manifest.json from download_github_code.py
 out_dir = 'data/github-code/tokens'  # token shards and manifest.json; work/ inside while running
+encoding = 'r50k_base'  # tiktoken BPE: 'r50k_base' (GPT-2's, the reference run's) or 'p50k_base' (plus runs of 2-25 spaces)
 languages = 'all'  # 'all' or a comma list of languages, names or slugs: 'python,c,c-sharp'
 licenses = 'all'  # 'all' or a comma list of license ids: 'mit,apache-2.0'
 val_fraction = 0.01  # share of repositories held out for val (by a hash of repo_name)
 val_max_tokens = 5_000_000  # cap on val tokens per language: documents in input order, each kept if it fits (0 = no cap)
+val_max_bytes = 0  # the same cap in UTF-8 bytes (0 = none): picks the same val documents whatever the encoding
 shard_tokens = 100_000_000  # tokens per train shard (uint16, 200 MB)
 min_chars = 10  # drop documents shorter than this (characters): empty and stub files teach nothing
 max_file_bytes = 1_000_000  # drop documents larger than this (UTF-8 bytes), as the dataset's authors did
@@ -145,7 +147,7 @@ def tokenize_file(job):
             while chunk := f.read(1 << 20):
                 h.update(chunk)
         sha = h.hexdigest()
-    enc = get_encoding()
+    enc = get_encoding(s['encoding'])
     eot = np.array([EOT], dtype=np.uint32)
     langs = {lang: {'documents': 0, 'bytes': 0, 'tokens': 0} for lang in s['languages']}
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -287,18 +289,28 @@ def main():
     for lic in lics or []:
         if lic not in LICENSES + ['unknown']:
             die(f"--licenses: unknown license '{lic}'; choose from {', '.join(LICENSES)}, unknown or 'all'")
+    if encoding not in ENCODINGS:
+        die(f"--encoding='{encoding}' is not one of {', '.join(ENCODINGS)}")
     if not 0 <= val_fraction < 1:
         die(f"--val_fraction={val_fraction} must be in [0, 1): the share of repositories held out")
     for key in ('shard_tokens', 'workers', 'batch_rows'):
         if globals()[key] < 1:
             die(f"--{key}={globals()[key]} must be at least 1")
     # what decides the output bytes (not workers, batch_rows or where the files live)
-    run_config = dict(encoding=ENCODING, languages=langs, licenses=lics or 'all', val_fraction=val_fraction,
+    run_config = dict(encoding=encoding, languages=langs, licenses=lics or 'all', val_fraction=val_fraction,
                       val_max_tokens=val_max_tokens, shard_tokens=shard_tokens, min_chars=min_chars,
                       max_file_bytes=max_file_bytes, max_line_length=max_line_length, seed=seed)
+    if val_max_bytes:  # only when set, so out_dirs made before the key existed still match
+        run_config['val_max_bytes'] = val_max_bytes
     manifest_path = os.path.join(out_dir, 'manifest.json')
     work = os.path.join(out_dir, 'work')
     progress_path = os.path.join(work, 'progress.json')
+
+    if not os.path.isfile(manifest_path):  # bad input is refused before out_dir is touched
+        sources = list_sources(in_dir)
+        for src in sources:
+            check_parquet(src['path'])
+    lock = lock_dir(out_dir, 'tokenize_github_code.py')  # noqa: F841 (held until the process ends)
 
     # a finished out_dir: check it is this run's, then do nothing (in_dir may be gone by now)
     if os.path.isfile(manifest_path):
@@ -313,9 +325,6 @@ def main():
               f"{m['tokens']['train'] + m['tokens']['val']:,} tokens); nothing to do")
         return
 
-    sources = list_sources(in_dir)
-    for src in sources:
-        check_parquet(src['path'])
     progress = None
     if os.path.isfile(progress_path):
         with open(progress_path) as f:
@@ -358,7 +367,7 @@ def main():
     import multiprocessing as mp
     from collections import deque
     from tqdm import tqdm
-    settings = dict(languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed, min_chars=min_chars,
+    settings = dict(encoding=encoding, languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed, min_chars=min_chars,
                     max_file_bytes=max_file_bytes, max_line_length=max_line_length, batch_rows=batch_rows)
     kill_after = int(os.environ.get('TOKENIZE_TEST_KILL_AFTER_SHARDS', 0))  # tests: SIGKILL after this many shard writes
     shards_written = 0
@@ -394,7 +403,8 @@ def main():
         offset, vals = 0, {}
         for lang, ntok, nbytes in done['val_docs']:  # the cap goes by input order, so it is deterministic
             slug = language_slug(lang)
-            if val_max_tokens and progress['val_tokens'][slug] + ntok > val_max_tokens:
+            if ((val_max_tokens and progress['val_tokens'][slug] + ntok > val_max_tokens) or
+                    (val_max_bytes and progress['languages'][lang]['val']['bytes'] + nbytes > val_max_bytes)):
                 progress['dropped']['val_cap'] += 1
             else:
                 vals.setdefault(slug, []).append(val[offset:offset + ntok])
@@ -472,9 +482,13 @@ def main():
     stats = progress['languages']
     total = {key: {split: sum(st[split][key] for st in stats.values()) for split in ('train', 'val')}
              for key in ('documents', 'tokens')}
-    manifest = dict(encoding=ENCODING, eot=EOT, vocab_size=VOCAB_SIZE, dtype=np.dtype(DTYPE).name,
+    # what the encoding buys on this data: UTF-8 bytes per token (EOTs counted), train and val together
+    bytes_per_token = {lang: round((st['train']['bytes'] + st['val']['bytes']) /
+                                   (st['train']['tokens'] + st['val']['tokens']), 4)
+                       for lang, st in stats.items() if st['train']['tokens'] + st['val']['tokens']}
+    manifest = dict(encoding=encoding, eot=EOT, vocab_size=get_encoding(encoding).n_vocab, dtype=np.dtype(DTYPE).name,
                     train=train, val=val, documents=total['documents'], tokens=total['tokens'],
-                    languages=stats, dropped=progress['dropped'], replaced_utf8=progress['replaced'],
+                    languages=stats, bytes_per_token=bytes_per_token, dropped=progress['dropped'], replaced_utf8=progress['replaced'],
                     sources=[dict(name=s['name'], size=s['size'], sha256=h) for s, h in zip(sources, progress['hashes'])],
                     config=run_config)
     write_json(manifest_path, manifest)
@@ -492,6 +506,8 @@ def main():
           f"wrote {len(train)} train shards and "
           f"{len(val)} val files to {out_dir}; dropped: {drops}; invalid UTF-8 replaced in "
           f"{progress['replaced']:,} documents")
+    print(f"bytes per token ({encoding}): " + ', '.join(
+        f"{lang} {bpt:.2f}" for lang, bpt in sorted(bytes_per_token.items(), key=lambda kv: -stats[kv[0]]['train']['bytes'])))
     no_val = [lang for lang, st in stats.items() if st['train']['documents'] and not st['val']['documents']]
     if no_val:  # few repositories (a small local source): the hash held none of them out
         print(f"warning: no val documents for {', '.join(no_val)}: too few repositories for "

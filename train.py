@@ -5,11 +5,14 @@ GPUs with DDP.
 Reads  data_dir/{train_*.npy, val_<language>.npy, manifest.json}
 Writes out_dir/ckpt.pt (latest, resumable), out_dir/ckpt_best.pt (lowest overall val loss),
        out_dir/log.jsonl (one JSON object per event) and out_dir/loss.png
+The tokens' encoding (r50k_base or p50k_base) comes from the data's manifest and is stored in
+every checkpoint, so sample.py, the evals and export_hf.py decode with the same one.
 
     python train.py config/train_tiny.py                              # a CPU, a few minutes
     python train.py config/train_github_code_124m.py                  # one GPU
     torchrun --standalone --nproc_per_node=8 train.py config/train_github_code_124m.py
     python train.py config/train_github_code_124m.py --init_from=resume   # continue exactly
+    python train.py config/train_github_code_124m_fast.py             # the faster recipe (Muon, WSD, p50k)
 
 SIGTERM/SIGINT write ckpt.pt at the end of the current step and exit 0.
 """
@@ -21,14 +24,13 @@ import signal
 import time
 from contextlib import nullcontext
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 import shards
-from atomic import atomic_path
-from checkpoint import BEST, LATEST, load_checkpoint, save_checkpoint
+from atomic import atomic_path, lock_dir
+from checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_checkpoint
 from configurator import configure
 from model import GPT, GPTConfig, peak_flops
 
@@ -38,6 +40,7 @@ from model import GPT, GPTConfig, peak_flops
 out_dir = 'out'  # checkpoints, log.jsonl and loss.png go here
 data_dir = 'data/github-code/tokens'  # token directory written by the tokenize stage
 init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+overwrite = False  # let a scratch run replace the checkpoints already in out_dir (else it refuses)
 eval_interval = 1000  # steps between evals (each also writes ckpt.pt)
 eval_iters = 20  # eval batches: val windows per language = eval_iters * batch_size
 log_interval = 10  # steps between console/log lines (the only host syncs in a CUDA step)
@@ -57,19 +60,27 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
 bias = False  # bias in Linears and LayerNorms
-vocab_size = 50304  # GPT-2's 50257 padded to a multiple of 64 for faster matmuls
-# AdamW
-learning_rate = 6e-4  # peak learning rate
+vocab_size = 50304  # the encodings' 50257 or 50281 ids padded to a multiple of 64 for faster matmuls
+zero_init_proj = False  # start the residual projections (attention and MLP c_proj) at zero: each block starts as the identity
+# optimizer: AdamW on everything, or Muon on the blocks' weight matrices and AdamW on the rest
+optimizer = 'adamw'  # 'adamw' or 'muon'
+learning_rate = 6e-4  # AdamW's peak learning rate
 max_iters = 427000  # total optimizer steps
-weight_decay = 0.1
+weight_decay = 0.1  # AdamW's, on matrices and embeddings
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip the global gradient norm at this value; 0 = off
-# learning rate schedule: linear warmup, then cosine down to min_lr
-decay_lr = True
+muon_lr = 0.02  # Muon's peak learning rate (torch's shape scaling on top), scheduled like learning_rate
+muon_momentum = 0.95  # Muon's (Nesterov) momentum
+muon_weight_decay = 0.0  # Muon's decoupled weight decay
+# learning rate schedule
+decay_lr = True  # False: learning_rate throughout
+lr_schedule = 'cosine'  # 'cosine': warmup, cosine to min_lr at lr_decay_iters; 'wsd': warmup, flat, linear to min_lr over the last cooldown_frac of max_iters
 warmup_iters = 2000  # steps of linear warmup
-lr_decay_iters = 427000  # step where the cosine reaches min_lr (~max_iters per Chinchilla)
-min_lr = 6e-5  # ~learning_rate/10 per Chinchilla
+lr_decay_iters = 427000  # 'cosine': step where it reaches min_lr (~max_iters per Chinchilla)
+cooldown_frac = 0.4  # 'wsd': share of max_iters spent decaying
+min_lr = 6e-5  # ~learning_rate/10 per Chinchilla (Muon's end rate is muon_lr scaled the same)
+max_seconds = 0.0  # > 0: a budget of training seconds (one process; evals and the compiling first step not counted); the schedule and evals run on max_iters * seconds / max_seconds, so step counts are read as shares of the budget. Not bit-exact on resume
 # system
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cpu', 'cuda', 'cuda:1', 'mps'
 dtype = 'bfloat16' if torch.cuda.is_available() else 'float32'  # 'float32', 'bfloat16' or 'float16'
@@ -99,6 +110,17 @@ else:
     rank, local_rank, world = 0, 0, 1
 master = rank == 0  # only rank 0 writes checkpoints and logs
 device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
+for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'eval_interval', 'log_interval', 'eval_iters'):
+    if globals()[key] < 1:
+        die(f"{key}={globals()[key]} must be at least 1")
+if max_iters < 0 or not 0 <= learning_rate < float('inf') or not 0 <= muon_lr < float('inf'):
+    die(f"max_iters={max_iters}, learning_rate={learning_rate}, muon_lr={muon_lr} must be finite and >= 0")
+if optimizer not in ('adamw', 'muon'):
+    die(f"optimizer='{optimizer}' is not 'adamw' or 'muon'")
+if lr_schedule not in ('cosine', 'wsd') or not 0 <= cooldown_frac <= 1:
+    die(f"lr_schedule='{lr_schedule}' must be 'cosine' or 'wsd', cooldown_frac={cooldown_frac} in [0, 1]")
+if max_seconds and ddp:
+    die("max_seconds (a budget of training seconds) runs on one process; under torchrun use max_iters")
 if gradient_accumulation_steps % world:
     die(f"gradient_accumulation_steps {gradient_accumulation_steps} is not divisible by the {world} ranks; "
         f"pass --gradient_accumulation_steps=<a multiple of {world}>")
@@ -119,8 +141,10 @@ autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_
 manifest, train_shards, val_sets = shards.open_shards(data_dir)
 if not train_shards:
     die(f"{data_dir}/manifest.json lists no train shards; rerun the tokenize stage")
-if manifest.get('vocab_size', shards.VOCAB_SIZE) > vocab_size:
-    die(f"vocab_size {vocab_size} is smaller than the data's {manifest['vocab_size']} tokens; raise --vocab_size")
+encoding = manifest['encoding']  # what the tokens are; every checkpoint records it
+data_vocab = manifest.get('vocab_size', shards.get_encoding(encoding).n_vocab)
+if data_vocab > vocab_size:
+    die(f"vocab_size {vocab_size} is smaller than the data's {data_vocab} token ids ({encoding}); raise --vocab_size")
 cum_starts = shards.window_starts(train_shards, block_size)
 if cum_starts[-1] == 0:
     die(f"block_size {block_size} is larger than every train shard in {data_dir} "
@@ -172,11 +196,17 @@ if not val_batches:
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                   bias=bias, vocab_size=vocab_size, dropout=dropout)
 model = GPT(GPTConfig(**model_args))
+if zero_init_proj:
+    for block in model.transformer.h:
+        torch.nn.init.zeros_(block.attn.c_proj.weight)
+        torch.nn.init.zeros_(block.mlp.c_proj.weight)
 torch.manual_seed(seed + rank)  # dropout masks differ per rank
 say(f"parameters: {model.num_params() / 1e6:.2f}M total, {model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding")
 iter_num, best_val_loss, best_iter, evals_since_best, last_eval_iter = 0, float('inf'), None, 0, None
-tokens_seen, elapsed_before = 0, 0.0
+tokens_seen, elapsed_before, train_seconds, last_eval_sched = 0, 0.0, 0.0, -1.0
 ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
+if master:
+    lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
 ckpt = None
 if init_from == 'resume':
     if not os.path.isfile(ckpt_path):
@@ -188,8 +218,12 @@ if init_from == 'resume':
         die(f"{ckpt_path} has a model of another shape: " +
             ', '.join(f"{k}={ckpt['model_args'].get(k)} (config: {model_args[k]})" for k in diff) +
             f"; pass the checkpoint's values or a fresh --out_dir")
+    if encoding_of(ckpt) != encoding:
+        die(f"{ckpt_path} was trained on {encoding_of(ckpt)} tokens but {data_dir} holds {encoding}; "
+            f"pass its token directory or a fresh --out_dir")
     model.load_state_dict(ckpt['model'])
     iter_num, best_val_loss, best_iter = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['best_iter']
+    train_seconds, last_eval_sched = ckpt.get('train_seconds', 0.0), ckpt.get('last_eval_sched', -1.0)
     evals_since_best, last_eval_iter = ckpt['evals_since_best'], ckpt['last_eval_iter']
     tokens_seen, elapsed_before = ckpt['tokens_seen'], ckpt['elapsed']
     rng = ckpt['rng'][rank] if len(ckpt['rng']) == world else None
@@ -202,13 +236,18 @@ if init_from == 'resume':
     say(f"resuming from {ckpt_path} at step {iter_num}")
 elif init_from != 'scratch':
     die(f"init_from='{init_from}' is not 'scratch' or 'resume'")
-elif master and os.path.isfile(ckpt_path):
-    print(f"note: starting from scratch over the checkpoints in {out_dir}")
+elif os.path.isfile(ckpt_path) and not overwrite:
+    die(f"{out_dir} already holds a run's checkpoint ({ckpt_path}); continue it with --init_from=resume, "
+        f"train into a new --out_dir, or pass --overwrite=True to start over and replace it")
 model.to(device)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))  # float16 needs loss scaling
-optimizer = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type)
+muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == 'muon' else None
+optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)
 if ckpt is not None:
-    optimizer.load_state_dict(ckpt['optimizer'])
+    if (ckpt.get('muon') is not None) != (muon is not None):
+        die(f"{ckpt_path} was trained with optimizer='{'muon' if ckpt.get('muon') else 'adamw'}'; resume with it")
+    for opt, state in zip(optimizers, [ckpt['optimizer'], ckpt.get('muon')]):
+        opt.load_state_dict(state)
     if ckpt['scaler']:  # empty when saved without float16
         scaler.load_state_dict(ckpt['scaler'])
 ckpt = None  # free the memory
@@ -264,14 +303,24 @@ peak = peak_flops(device_type, peak_tflops)
 
 
 def get_lr(it):
+    """AdamW's learning rate at step it (a float in max_seconds mode); Muon's is muon_lr scaled alike."""
     if not decay_lr:
         return learning_rate
     if it < warmup_iters:
         return learning_rate * (it + 1) / (warmup_iters + 1)
+    if lr_schedule == 'wsd':  # flat, then a straight line to min_lr at max_iters
+        cooldown = cooldown_frac * max_iters
+        return learning_rate - (learning_rate - min_lr) * min(1.0, max(0.0, it - (max_iters - cooldown)) / max(cooldown, 1))
     if it > lr_decay_iters:
         return min_lr
     ratio = (it - warmup_iters) / max(1, lr_decay_iters - warmup_iters)
     return min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (learning_rate - min_lr)
+
+
+def schedule_step():
+    """Where the schedule and evals stand: the step, or in max_seconds mode the share of the time
+    budget spent, in steps of max_iters."""
+    return max_iters * train_seconds / max_seconds if max_seconds else iter_num
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -288,8 +337,10 @@ def evaluate():
         w = val_batches[lang]
         for b in range(rank * eval_rows, len(w), world * eval_rows):
             xy = w[b:b + eval_rows].to(device)
+            # a language's last, partial batch runs eager: under torch.compile a new batch size recompiles
+            run = eval_model if len(xy) == eval_rows else raw_model
             with autocast:
-                _, loss = eval_model(xy[:, :-1], xy[:, 1:].contiguous())
+                _, loss = run(xy[:, :-1], xy[:, 1:].contiguous())
             sums[i, 0] += loss.float() * len(xy)
             sums[i, 1] += len(xy)
     for b in range(rank, eval_iters, world):
@@ -307,8 +358,8 @@ def evaluate():
 
 # --- logging, checkpoints, signals -------------------------------------------------------------
 log_path = os.path.join(out_dir, 'log.jsonl')
-if master:
-    os.makedirs(out_dir, exist_ok=True)
+if master and init_from == 'scratch' and os.path.exists(log_path):
+    os.remove(log_path)  # a new run, a new log (an old run's checkpoint was refused above unless overwrite)
 
 
 def log(event, **fields):
@@ -358,12 +409,16 @@ def save(*paths):
     if not master:
         return
     state = {
-        'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), 'scaler': scaler.state_dict(),
-        'model_args': model_args, 'config': config, 'iter_num': iter_num, 'best_val_loss': best_val_loss,
-        'best_iter': best_iter, 'evals_since_best': evals_since_best, 'last_eval_iter': last_eval_iter,
-        'tokens_seen': tokens_seen, 'elapsed': elapsed_before + time.time() - t_start, 'rng': rngs,
+        'model': raw_model.state_dict(), 'optimizer': optimizers[0].state_dict(),
+        'muon': optimizers[1].state_dict() if len(optimizers) > 1 else None, 'scaler': scaler.state_dict(),
+        'model_args': model_args, 'config': config, 'encoding': encoding, 'iter_num': iter_num,
+        'best_val_loss': best_val_loss, 'best_iter': best_iter, 'evals_since_best': evals_since_best,
+        'last_eval_iter': last_eval_iter, 'tokens_seen': tokens_seen, 'train_seconds': train_seconds, 'last_eval_sched': last_eval_sched,
+        'elapsed': elapsed_before + time.time() - t_start, 'rng': rngs,
     }
-    for path in paths:
+    # ckpt_best.pt before ckpt.pt: ckpt.pt records the new best, so a kill between the two writes
+    # must leave ckpt.pt older (the resumed run redoes this eval), never ckpt_best.pt
+    for path in sorted(paths, key=lambda p: p != best_path):
         save_checkpoint(state, path)
         log('checkpoint', iter=iter_num, path=path)
 
@@ -435,6 +490,7 @@ stop_reason = 'max_iters'
 first_row = lambda micro: (rank * accum + micro) * batch_size  # this rank's rows of the step's batch
 x, y = fetch(iter_num, first_row(0), batch_size)
 data_time = 0.0  # host seconds spent fetching batches since the last log line
+steps_this_run = 0
 t_log, iters_since_log = time.time(), 0
 while True:
     # a signal: write ckpt.pt at the end of the step and leave. DDP ranks vote only at log steps,
@@ -448,19 +504,25 @@ while True:
         stop_reason = 'signal'
         break
 
-    # eval and checkpoint (skipped when the checkpoint we resumed from already has this step's eval)
-    if (iter_num % eval_interval == 0 or iter_num == max_iters) and last_eval_iter != iter_num:
+    # eval and checkpoint (skipped when the checkpoint we resumed from already has this step's eval);
+    # in max_seconds mode, each time the budget's clock passes another eval_interval of step-equivalents
+    at_end = train_seconds >= max_seconds if max_seconds else iter_num >= max_iters
+    due = (schedule_step() // eval_interval > last_eval_sched // eval_interval if max_seconds
+           else iter_num % eval_interval == 0)
+    if (due or at_end) and last_eval_iter != iter_num:
         check_finite()
         losses = evaluate()
         val = {lang: losses[lang] for lang in val_batches}
         weights = {lang: val_tokens[lang]['tokens'] for lang in val}
         val_loss = sum(val[k] * weights[k] for k in val) / sum(weights.values())  # token-weighted
         bpb = {k: shards.bits_per_byte(val[k], val_tokens[k]['tokens'], val_tokens[k]['bytes']) for k in val}
-        say(f"eval step {iter_num}: val loss {val_loss:.4f}, train loss {losses['train']:.4f} | " +
+        # all languages: total bits over total bytes, comparable across encodings
+        val_bpb = shards.bits_per_byte(sum(val[k] * weights[k] for k in val), 1, sum(val_tokens[k]['bytes'] for k in val))
+        say(f"eval step {iter_num}: val loss {val_loss:.4f} ({val_bpb:.4f} bpb), train loss {losses['train']:.4f} | " +
             ', '.join(f"{k} {val[k]:.3f} ({bpb[k]:.3f} bpb)" for k in val))
-        log('eval', iter=iter_num, val_loss=val_loss, train_loss=losses['train'], tokens=tokens_seen,
-            val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
-        last_eval_iter = iter_num
+        log('eval', iter=iter_num, val_loss=val_loss, val_bpb=val_bpb, train_loss=losses['train'], tokens=tokens_seen,
+            train_seconds=train_seconds, val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
+        last_eval_iter, last_eval_sched = iter_num, schedule_step()
         improved = val_loss < best_val_loss
         if improved:
             best_val_loss, best_iter, evals_since_best = val_loss, iter_num, 0
@@ -479,13 +541,16 @@ while True:
             break
         t_log, iters_since_log, data_time = time.time(), 0, 0.0  # eval time is not step time
 
-    if iter_num >= max_iters:
+    if at_end:
+        stop_reason = 'max_seconds' if max_seconds else 'max_iters'
         break
 
     # one optimizer step: accum micro-batches per rank, gradients synced on the last one only
-    lr = get_lr(iter_num)
-    for group in optimizer.param_groups:
-        group['lr'] = lr
+    t_step = time.time()
+    lr = get_lr(schedule_step())
+    for opt, peak in zip(optimizers, (learning_rate, muon_lr)):  # Muon follows AdamW's schedule, scaled
+        for group in opt.param_groups:
+            group['lr'] = peak * lr / learning_rate if learning_rate else 0.0
     step_loss = torch.zeros((), device=device)
     for micro in range(accum):
         if ddp:
@@ -499,11 +564,19 @@ while True:
         data_time += time.time() - t_data
         scaler.scale(loss).backward()
         step_loss += loss.detach()
-    scaler.unscale_(optimizer)
+    for opt in optimizers:
+        scaler.unscale_(opt)
     grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
-    scaler.step(optimizer)
+    for opt in optimizers:
+        scaler.step(opt)
+        opt.zero_grad(set_to_none=True)
     scaler.update()
-    optimizer.zero_grad(set_to_none=True)
+    if max_seconds:
+        if device_type == 'cuda':
+            torch.cuda.synchronize()  # the budget counts GPU time: wait for the step to finish
+        if steps_this_run:  # the first step of a run compiles: not training time
+            train_seconds += time.time() - t_step
+    steps_this_run += 1
     # remember the first bad step on the device: no host sync here
     first_bad = torch.where(torch.isfinite(step_loss) | (first_bad != NO_BAD_STEP), first_bad, iter_num)
     tokens_seen += tokens_per_iter
@@ -520,8 +593,10 @@ while True:
         mfu = flops_per_token * tok_s / world / peak if peak else None
         data_share = data_time / iters_since_log / dt  # host time fetching batches, as a share of the step
         mem = torch.cuda.max_memory_allocated() / 2**30 if device_type == 'cuda' else None
-        say(f"step {iter_num}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
-            f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s" + (f", MFU {mfu * 100:.1f}%" if mfu else "") +
+        elapsed = elapsed_before + time.time() - t_start
+        eta = max_seconds - train_seconds if max_seconds else (max_iters - iter_num - 1) * dt
+        say(f"step {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
+            f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s, {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min" + (f", MFU {mfu * 100:.1f}%" if mfu else "") +
             f", data {data_share * 100:.1f}%" + (f", peak mem {mem:.1f} GiB" if mem else ""))
         log('train', iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
             tokens_per_sec=tok_s, mfu=mfu, data_share=data_share, peak_mem_gib=mem)
@@ -539,13 +614,14 @@ if energy_start is not None and energy_end is not None:
         dist.all_reduce(energy)
     energy = energy.item()
 summary = dict(iter=iter_num, reason=stop_reason, tokens=tokens_seen, wall_s=elapsed_before + wall,
+               train_seconds=train_seconds,
                tokens_per_sec=(tokens_seen - start_tokens) / wall if wall > 0 else 0.0,
                best_val_loss=best_val_loss if best_iter is not None else None, best_iter=best_iter,
                flops=flops_per_token * tokens_seen, energy_j=energy,
                peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if device_type == 'cuda' else None)
 log('end', **summary)
 say(f"done ({stop_reason}) at step {iter_num}: {tokens_seen:,} tokens in {(elapsed_before + wall) / 3600:.2f} h, "
-    f"{summary['tokens_per_sec']:,.0f} tok/s this session, best val loss {best_val_loss:.4f} at step {best_iter}, "
+    f"{summary['tokens_per_sec']:,.0f} tok/s this run, best val loss {best_val_loss:.4f} at step {best_iter}, "
     f"{summary['flops']:.3e} FLOPs" + (f", {energy / 3600:.1f} Wh GPU energy" if energy else "") +
     (f", peak memory {summary['peak_mem_gb']:.2f} GB" if summary['peak_mem_gb'] else ""))
 if wandb_run is not None:

@@ -1,4 +1,5 @@
 """Shared test setup: offline tiktoken, the repo on sys.path, and fixtures made from real local code."""
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,53 @@ def write_parquet(path, rows, row_group_size=64):
         'size': pa.array([r['size'] for r in rows], pa.int64()),
     })
     pq.write_table(table, path, row_group_size=row_group_size)
+
+
+VAL_LANGUAGES = ['Python', 'C', 'C++']  # each keeps its last documents for val
+TINY_VAL_LANGUAGE = 'Shell'  # one short script: fewer tokens than block_size+1 at 1024
+
+
+def make_token_dir(path, rows, encoding='r50k_base'):
+    """A token directory in shards.py's format: 2 train shards, val files for a few languages."""
+    import numpy as np
+    import shards
+    from github_code import language_of, language_slug
+    enc = shards.get_encoding(encoding)
+    os.makedirs(path)
+    by_lang = {}
+    for r in rows:
+        by_lang.setdefault(language_of(r['path']), []).append(r['content'])
+    train_docs, val_docs = [], {}
+    for lang, docs in by_lang.items():
+        if lang in VAL_LANGUAGES:
+            train_docs += docs[:-4]
+            val_docs[lang] = docs[-4:]
+        elif lang == TINY_VAL_LANGUAGE:
+            val_docs[lang] = docs
+        else:
+            train_docs += docs
+
+    def encode(docs):
+        out = []
+        for d in docs:
+            out += [shards.EOT] + enc.encode_ordinary(d)
+        return np.array(out, dtype=shards.DTYPE)
+
+    half = len(train_docs) // 2
+    train = []
+    for i, docs in enumerate([train_docs[:half], train_docs[half:]]):
+        tokens = encode(docs)
+        shards.save_shard(os.path.join(path, shards.train_name(i)), tokens)
+        train.append({'file': shards.train_name(i), 'tokens': len(tokens)})
+    val = []
+    for lang, docs in val_docs.items():
+        tokens = encode(docs)
+        name = shards.val_name(language_slug(lang))
+        shards.save_shard(os.path.join(path, name), tokens)
+        val.append({'file': name, 'language': lang, 'tokens': len(tokens),
+                    'bytes': sum(len(d.encode()) for d in docs), 'documents': len(docs)})
+    manifest = {'encoding': encoding, 'eot': shards.EOT, 'vocab_size': enc.n_vocab,
+                'dtype': 'uint16', 'train': train, 'val': val}
+    with open(os.path.join(path, 'manifest.json'), 'w') as f:
+        json.dump(manifest, f)
+    return manifest

@@ -21,7 +21,7 @@ ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bia
 def token_dir(path, languages=('Python', 'C', 'Markdown')):
     """val_<slug>.npy per language from real local code (<|endoftext|> before each document), a
     train shard and the manifest."""
-    enc = shards.get_encoding()
+    enc = shards.get_encoding('r50k_base')
     os.makedirs(path, exist_ok=True)
     val, train = [], []
     for lang in languages:
@@ -37,7 +37,7 @@ def token_dir(path, languages=('Python', 'C', 'Markdown')):
                     'bytes': sum(len(d.encode('utf-8')) for d in docs)})
         train.append(tokens)
     shards.save_shard(os.path.join(path, shards.train_name(0)), np.concatenate(train))
-    manifest = {'encoding': shards.ENCODING, 'eot': shards.EOT, 'vocab_size': shards.VOCAB_SIZE, 'dtype': 'uint16',
+    manifest = {'encoding': 'r50k_base', 'eot': shards.EOT, 'vocab_size': 50257, 'dtype': 'uint16',
                 'train': [{'file': shards.train_name(0), 'tokens': int(sum(map(len, train)))}], 'val': val}
     with open(os.path.join(path, 'manifest.json'), 'w') as f:
         json.dump(manifest, f)
@@ -61,7 +61,7 @@ def test_bpb_equals_hand_computed_loss_per_byte_of_the_same_windows(tmp_path):
                    f'--block_size={T}', f'--max_tokens={max_tokens}', '--batch_size=5', f'--out_file={out}')
     got = json.load(open(out))
     assert got['block_size'] == T and got['iter_num'] == 3
-    enc = shards.get_encoding()
+    enc = shards.get_encoding('r50k_base')
     capped = []
     for entry in manifest['val']:
         tokens = np.load(tmp_path / 'tokens' / entry['file'])

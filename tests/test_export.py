@@ -29,7 +29,7 @@ def noisy_checkpoint(path, bias):
 
 
 def code_tokens(n_docs=4, length=128):
-    enc = shards.get_encoding()
+    enc = shards.get_encoding('r50k_base')
     stream = []
     for r in code_rows():
         if r['path'].endswith(('.py', '.c', '.h')) and len(stream) < n_docs * length:
@@ -64,7 +64,7 @@ def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):
     assert 'logits match ours' in p.stdout  # the script's own check ran
     assert {'vocab.json', 'merges.txt', 'tokenizer_config.json'} <= set(os.listdir(folder))
     tok = transformers.AutoTokenizer.from_pretrained(folder)
-    enc = shards.get_encoding()
+    enc = shards.get_encoding('r50k_base')
     texts = [r['content'] for r in code_rows()[::7][:40]]
     texts += ["x  = 'héllo' \t\n\n  # 中文 ünïcode 🙂\r\n", "it's   they'll\n\n\n    ", '']
     for text in texts:

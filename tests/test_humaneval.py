@@ -242,7 +242,7 @@ def test_sampling_stops_once_every_row_has_a_stop_string():
     """A scripted model: row 0 writes a body then '\\ndef', row 1 a body then <|endoftext|>; generation
     must end right there, not at max_new_tokens, and each completion is cut before its stop."""
     import shards
-    enc = shards.get_encoding()
+    enc = shards.get_encoding('r50k_base')
     script = [enc.encode_ordinary('    return a + b\n\ndef more():\n' + ' pass' * 50),
               enc.encode_ordinary('    return a - b\n') + [enc.eot_token] * 60]
 

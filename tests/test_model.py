@@ -196,13 +196,30 @@ def test_stop_tokens_end_rows_and_generation():
 
 def test_configure_optimizers_decays_matrices_only():
     model = tiny(bias=True)
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu')
-    decay, no_decay = opt.param_groups
+    opts = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu')
+    assert len(opts) == 1 and isinstance(opts[0], torch.optim.AdamW)
+    decay, no_decay = opts[0].param_groups
     assert decay['weight_decay'] == 0.1 and no_decay['weight_decay'] == 0.0
     assert decay['params'] and all(p.dim() >= 2 for p in decay['params'])
     assert no_decay['params'] and all(p.dim() < 2 for p in no_decay['params'])
     ids = {id(p) for p in decay['params'] + no_decay['params']}
     assert len(ids) == len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
+
+
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once():
+    model = tiny(bias=True)
+    adamw, muon = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu',
+                                             muon=dict(lr=0.02, momentum=0.95, weight_decay=0.0))
+    assert isinstance(muon, torch.optim.Muon)
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = [names[id(p)] for g in muon.param_groups for p in g['params']]
+    in_adamw = [names[id(p)] for g in adamw.param_groups for p in g['params']]
+    assert sorted(in_muon + in_adamw) == sorted(names.values())  # every parameter, exactly once
+    L = model.config.n_layer
+    assert sorted(in_muon) == sorted(f'transformer.h.{i}.{m}.weight' for i in range(L)
+                                     for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+    assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw  # wte is the head too
+    assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
 
 
 def test_peak_flops_is_none_on_cpu_and_honours_override():

@@ -50,7 +50,7 @@ def parse(stdout):
 
 def expected_greedy(path, prompt, n):
     """What greedy sampling must print: model.generate without the cache, cut at <|endoftext|>."""
-    enc = get_encoding()
+    enc = get_encoding('r50k_base')
     model, _, _ = load_model(str(path), 'best', 'cpu')
     ids = [EOT] + enc.encode(prompt)
     y = model.generate(torch.tensor([ids]), n, temperature=0, use_cache=False)[0, len(ids):].tolist()
@@ -137,7 +137,7 @@ def test_samples_are_one_batched_cached_generate_call(out_dir, monkeypatch, caps
 
 def test_endoftext_and_stop_strings_end_rows_early(out_dir, monkeypatch, capsys):
     # the model's choices scripted per row, to hit <|endoftext|> and a stop string at known places
-    enc = get_encoding()
+    enc = get_encoding('r50k_base')
     rows = [enc.encode(' alpha beta STOP gamma delta epsilon zeta eta theta'),
             enc.encode(' one two') + [EOT] + enc.encode(' three four five six seven eight')]
     steps = []

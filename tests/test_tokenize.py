@@ -93,7 +93,8 @@ def split_docs(tokens):
 
 
 def snapshot(d):
-    return {name: open(os.path.join(d, name), 'rb').read() for name in sorted(os.listdir(d))}
+    # .lock is not output: it names the last process that held the folder
+    return {name: open(os.path.join(d, name), 'rb').read() for name in sorted(os.listdir(d)) if name != '.lock'}
 
 
 @pytest.fixture(scope='session')
@@ -104,16 +105,25 @@ def reference(corpus, tmp_path_factory):
     return out, p
 
 
-def test_round_trip_gives_back_exactly_the_kept_documents_in_order(corpus, reference):
+@pytest.fixture(scope='session')
+def reference_p50k(corpus, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp('ref-p50k') / 'tokens')
+    return out, tokenize(corpus, out, '--workers=2', '--encoding=p50k_base')
+
+
+@pytest.mark.parametrize('encoding', ['r50k_base', 'p50k_base'])
+def test_round_trip_gives_back_exactly_the_kept_documents_in_order(corpus, encoding, request):
     import tiktoken
-    enc = tiktoken.get_encoding('r50k_base')
-    out, p = reference
+    enc = tiktoken.get_encoding(encoding)
+    out, p = request.getfixturevalue('reference' if encoding == 'r50k_base' else 'reference_p50k')
     _, rows, selected = corpus
     m = json.load(open(os.path.join(out, 'manifest.json')))
-    assert (m['encoding'], m['eot'], m['vocab_size'], m['dtype']) == ('r50k_base', EOT, 50257, 'uint16')
+    assert (m['encoding'], m['eot'], m['vocab_size'], m['dtype']) == (encoding, EOT, enc.n_vocab, 'uint16')
+    assert m['config']['encoding'] == encoding
     train = [np.load(os.path.join(out, e['file'])) for e in m['train']]
     assert all(t.dtype == np.uint16 for t in train) and [len(t) for t in train] == [e['tokens'] for e in m['train']]
-    assert len(train) >= 3 and all(e['tokens'] == 40000 for e in m['train'][:-1])
+    assert len(train) >= 2 and all(e['tokens'] == 40000 for e in m['train'][:-1])
+    assert max(int(t.max()) for t in train) < enc.n_vocab
     val = {e['language']: np.load(os.path.join(out, e['file'])) for e in m['val']}
     assert [len(val[e['language']]) for e in m['val']] == [e['tokens'] for e in m['val']]
 
@@ -148,6 +158,19 @@ def test_round_trip_gives_back_exactly_the_kept_documents_in_order(corpus, refer
     assert m['config']['val_fraction'] == 0.3 and 'workers' not in m['config']
     assert not os.path.exists(os.path.join(out, 'work'))
     assert 'tokens/s' in p.stdout and 'train shards' in p.stdout
+    # bytes per token per language: UTF-8 bytes over tokens (an EOT per document included), train and val
+    for lang, st in m['languages'].items():
+        n_tok = st['train']['tokens'] + st['val']['tokens']
+        if n_tok:
+            assert m['bytes_per_token'][lang] == pytest.approx((st['train']['bytes'] + st['val']['bytes']) / n_tok, abs=1e-4)
+    assert f"bytes per token ({encoding}): Python {m['bytes_per_token']['Python']:.2f}" in p.stdout
+
+
+def test_p50k_spends_fewer_tokens_on_indented_code(reference, reference_p50k):
+    r50k, p50k = (json.load(open(os.path.join(out, 'manifest.json'))) for out, _ in (reference, reference_p50k))
+    assert p50k['documents'] == r50k['documents']  # the same documents, split the same way
+    assert p50k['bytes_per_token']['Python'] > 1.2 * r50k['bytes_per_token']['Python']
+    assert p50k['tokens']['train'] < r50k['tokens']['train']
 
 
 def test_worker_count_does_not_change_a_byte(corpus, reference, tmp_path):
@@ -188,10 +211,11 @@ def test_rerun_after_kill_gives_identical_output(corpus, reference, tmp_path):
 def test_rerun_after_completion_does_nothing(corpus, tmp_path):
     out = tmp_path / 'done'
     tokenize(corpus, out, '--workers=1')
-    before = {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)}
+    stamps = lambda: {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out) if n != '.lock'}
+    before = stamps()
     p = tokenize(corpus, out, '--workers=2')
     assert 'nothing to do' in p.stdout
-    assert {n: os.stat(out / n).st_mtime_ns for n in os.listdir(out)} == before
+    assert stamps() == before
 
 
 def one_line_error(p, *words):
@@ -252,14 +276,17 @@ def test_out_dir_made_with_another_config_is_refused(corpus, reference, tmp_path
     p = tokenize(corpus, out, '--val_fraction=0.1', check=False)
     one_line_error(p, 'different config', 'val_fraction=0.3 there, 0.1 now')
     assert snapshot(out) == before
+    p = tokenize(corpus, out, '--encoding=p50k_base', check=False)
+    one_line_error(p, 'different config', "encoding='r50k_base' there, 'p50k_base' now")
+    assert snapshot(out) == before
     # also a partial run: killed after one shard, then rerun with another shard size
     partial = tmp_path / 'partial'
     p = tokenize(corpus, partial, env={'TOKENIZE_TEST_KILL_AFTER_SHARDS': '1'}, check=False)
     assert p.returncode == -9
-    before = {str(p): open(p, 'rb').read() for p in sorted(partial.rglob('*')) if p.is_file()}
+    before = {str(p): open(p, 'rb').read() for p in sorted(partial.rglob('*')) if p.is_file() and p.name != '.lock'}
     p = tokenize(corpus, partial, '--shard_tokens=1000', check=False)
     one_line_error(p, 'different config', 'shard_tokens')
-    assert {str(p): open(p, 'rb').read() for p in sorted(partial.rglob('*')) if p.is_file()} == before
+    assert {str(p): open(p, 'rb').read() for p in sorted(partial.rglob('*')) if p.is_file() and p.name != '.lock'} == before
     # shards of unknown origin are refused too
     stray = tmp_path / 'stray'
     stray.mkdir()

@@ -1,0 +1,24 @@
+# GPT-2 124M on codeparrot/github-code, the fast recipe: the reference run's model and 32,768
+# tokens per step, with what makes each GPU-hour learn more (each measured in notes/recipe.md):
+#   - p50k_base tokens: GPT-2's BPE plus runs of spaces, ~1.4x more code per token
+#   - Muon on the blocks' weight matrices, AdamW (at 3x the reference rate) on embeddings and gains
+#   - warmup, a flat rate, then a straight line to zero over the last 40% (warmup-stable-decay)
+#   - residual projections initialised to zero
+# Only what differs from train.py's defaults (the reference run) is set here.
+#
+# python tokenize_github_code.py --encoding=p50k_base --out_dir=data/github-code/tokens-p50k
+# python train.py config/train_github_code_124m_fast.py
+
+out_dir = 'out-github-code-124m-fast'
+data_dir = 'data/github-code/tokens-p50k'  # made with --encoding=p50k_base
+wandb_run_name = 'gpt2-124m-fast'
+
+max_iters = 80000  # x 32,768 = 2.6B tokens, ~20 per parameter (Chinchilla)
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 1.8e-3  # AdamW's share: embeddings (tied head), LayerNorm gains
+lr_schedule = 'wsd'
+warmup_iters = 500
+cooldown_frac = 0.4
+min_lr = 0.0
+zero_init_proj = True
