@@ -62,7 +62,7 @@ def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):
     folder = tmp_path / 'gpt2-code'
     p = run_script('export_hf.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--export_dir={folder}')
     assert 'logits match ours' in p.stdout  # the script's own check ran
-    assert {'vocab.json', 'merges.txt', 'tokenizer_config.json'} <= set(os.listdir(folder))
+    assert {'tokenizer.json', 'tokenizer_config.json'} <= set(os.listdir(folder))
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     enc = shards.get_encoding('r50k_base')
     texts = [r['content'] for r in code_rows()[::7][:40]]
@@ -75,5 +75,5 @@ def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):
     # a second export over the same folder replaces it whole
     run_script('export_hf.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--export_dir={folder}', '--tokenizer=False',
                '--verify=False')
-    assert 'vocab.json' not in os.listdir(folder)
+    assert 'tokenizer.json' not in os.listdir(folder)
     assert not [n for n in os.listdir(tmp_path) if '.tmp' in n or '.old' in n]

@@ -252,7 +252,7 @@ def test_sampling_stops_once_every_row_has_a_stop_string():
             self.w = torch.nn.Parameter(torch.zeros(1))
             self.steps = 0
 
-        def generate(self, idx, max_new_tokens, temperature, top_p, stop_tokens, stop_fn, compile_step=False):
+        def generate(self, idx, max_new_tokens, temperature, top_p, stop_tokens, stop_fn, compile_step=False, n_vocab=None):
             done = torch.zeros(idx.size(0), dtype=torch.bool)
             start = idx.size(1)
             for step in range(max_new_tokens):

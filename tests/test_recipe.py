@@ -1,0 +1,130 @@
+"""The fast recipe (config/train_github_code_124m_fast.py) at a tiny size: Muon + AdamW, the
+warmup-stable-decay schedule, zero-initialised projections and the training-seconds budget keep
+what train.py promises (exact resume, DDP equivalence, export)."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from checkpoint import load_checkpoint
+from conftest import ROOT, code_rows, make_token_dir, run_script
+
+FAST = os.path.join(ROOT, 'config', 'train_github_code_124m_fast.py')
+# the fast config with the model and batch shrunk for a 2-core CPU; its optimizer and schedule stay
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
+        '--gradient_accumulation_steps=2', '--eval_iters=2', '--log_interval=1', '--compile=False',
+        '--device=cpu', '--dtype=float32', '--warmup_iters=2', '--wandb_log=False']
+ENV = {'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}
+
+
+@pytest.fixture(scope='module')
+def p50k_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('p50k') / 'tokens')
+    make_token_dir(path, code_rows(), encoding='p50k_base')
+    return path
+
+
+def fast(data, out, *args, check=True):
+    return run_script('train.py', FAST, *TINY, f'--data_dir={data}', f'--out_dir={out}', *args, check=check, env=ENV)
+
+
+def read_log(out):
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_fast_config_trains_resumes_bit_identically_and_exports(p50k_dir, tmp_path):
+    whole, split = tmp_path / 'whole', tmp_path / 'split'
+    args = ['--max_iters=40', '--eval_interval=10', '--dropout=0.1']
+    fast(p50k_dir, whole, *args)
+    ck = load_checkpoint(whole / 'ckpt.pt')
+    assert ck['config']['optimizer'] == 'muon' and ck['muon'] is not None and ck['encoding'] == 'p50k_base'
+    evals = [e for e in read_log(whole) if e['event'] == 'eval']
+    assert evals[-1]['val_loss'] < evals[0]['val_loss']
+    # the schedule depends on max_iters, so interrupt a run of the same length: SIGTERM mid-run
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), FAST, *TINY, f'--data_dir={p50k_dir}', f'--out_dir={split}', *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **ENV})
+    log = split / 'log.jsonl'
+    while proc.poll() is None and not (log.exists() and any(e['event'] == 'train' for e in read_log(split))):
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0
+    stopped = [e for e in read_log(split) if e['event'] == 'stopped']
+    assert stopped and 0 < stopped[0]['iter'] < 40
+    fast(p50k_dir, split, *args, '--init_from=resume')
+    resumed = load_checkpoint(split / 'ckpt.pt')
+    assert all(torch.equal(ck['model'][k], resumed['model'][k]) for k in ck['model'])
+    # Muon's momentum buffers came back too: the next step would match as well
+    a, b = ck['muon']['state'], resumed['muon']['state']
+    assert a.keys() == b.keys() and all(torch.equal(a[k]['momentum_buffer'], b[k]['momentum_buffer']) for k in a)
+    pytest.importorskip('transformers')
+    p = run_script('export_hf.py', f'--out_dir={whole}', '--ckpt=latest', env=ENV)
+    assert 'logits match ours' in p.stdout
+
+
+def test_zero_init_projections_start_each_block_as_the_identity(p50k_dir, tmp_path):
+    fast(p50k_dir, tmp_path / 'o', '--max_iters=0')
+    sd = load_checkpoint(tmp_path / 'o' / 'ckpt.pt')['model']
+    proj = [k for k in sd if k.endswith('c_proj.weight')]
+    assert len(proj) == 4 and all(not sd[k].any() for k in proj)
+    assert sd['transformer.h.0.attn.c_attn.weight'].std() > 0.01
+
+
+def test_wsd_schedule_decays_linearly_to_its_end_value_at_max_iters(p50k_dir, tmp_path):
+    # 10 steps: 2 of warmup, flat, then the last half (steps 5..10) a straight line from 1e-3 to 0
+    fast(p50k_dir, tmp_path / 'o', '--max_iters=10', '--eval_interval=100', '--learning_rate=1e-3',
+         '--muon_lr=0.05', '--cooldown_frac=0.5', '--min_lr=0.0')
+    lrs = {e['iter']: e['lr'] for e in read_log(tmp_path / 'o') if e['event'] == 'train'}
+    expected = [1e-3 / 3, 2e-3 / 3, 1e-3, 1e-3, 1e-3, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4]  # and 0 at step 10
+    assert np.allclose([lrs[i] for i in range(10)], expected, rtol=1e-9, atol=1e-15)
+    ck = load_checkpoint(tmp_path / 'o' / 'ckpt.pt')
+    # Muon follows the same shape at its own peak: the last step ran at 0.2 of it
+    assert math.isclose(ck['muon']['param_groups'][0]['lr'], 0.05 * 0.2, rel_tol=1e-9)
+    assert all(math.isclose(g['lr'], 2e-4, rel_tol=1e-9) for g in ck['optimizer']['param_groups'])
+
+
+def test_cosine_schedule_reaches_min_lr_at_lr_decay_iters(p50k_dir, tmp_path):
+    fast(p50k_dir, tmp_path / 'o', '--max_iters=8', '--eval_interval=100', '--lr_schedule=cosine', '--learning_rate=1e-3',
+         '--min_lr=1e-4', '--lr_decay_iters=6', '--warmup_iters=1')
+    lrs = {e['iter']: e['lr'] for e in read_log(tmp_path / 'o') if e['event'] == 'train'}
+    assert math.isclose(lrs[1], 1e-3) and math.isclose(lrs[6], 1e-4) and math.isclose(lrs[7], 1e-4)
+    assert math.isclose(lrs[3], 1e-4 + 0.5 * (1 + math.cos(math.pi * 2 / 5)) * 9e-4)
+
+
+def test_two_gloo_ranks_with_muon_match_one_process(p50k_dir, tmp_path):
+    args = [FAST, *TINY, f'--data_dir={p50k_dir}', '--max_iters=4', '--eval_interval=4', '--gradient_accumulation_steps=4']
+    one, two = tmp_path / 'one', tmp_path / 'two'
+    run_script('train.py', *args, f'--out_dir={one}', env=ENV)
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+           os.path.join(ROOT, 'train.py'), *args, f'--out_dir={two}']
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env={**os.environ, **ENV})
+    assert p.returncode == 0, p.stdout + p.stderr
+    la = {e['iter']: e['loss'] for e in read_log(one) if e['event'] == 'train'}
+    lb = {e['iter']: e['loss'] for e in read_log(two) if e['event'] == 'train'}
+    assert sorted(la) == sorted(lb) == [0, 1, 2, 3]
+    assert np.allclose([la[i] for i in la], [lb[i] for i in la], rtol=1e-5, atol=1e-6), (la, lb)
+    ca, cb = load_checkpoint(one / 'ckpt.pt'), load_checkpoint(two / 'ckpt.pt')
+    # Muon orthogonalises in bfloat16, so sums in another order (gloo) can move a weight by ~1e-4
+    assert all(torch.allclose(ca['model'][k], cb['model'][k], rtol=1e-3, atol=5e-4) for k in ca['model'])
+
+
+def test_max_seconds_ends_the_run_on_its_budget_with_the_schedule_fitted_to_it(p50k_dir, tmp_path):
+    out = tmp_path / 'o'
+    p = fast(p50k_dir, out, '--max_seconds=4', '--max_iters=1000', '--eval_interval=500')
+    log = read_log(out)
+    end = next(e for e in log if e['event'] == 'end')
+    assert end['reason'] == 'max_seconds' and 4 <= end['train_seconds'] < 6 and 'done (max_seconds)' in p.stdout
+    evals = [e for e in log if e['event'] == 'eval']
+    assert len(evals) == 3  # at 0, at half the budget, at its end
+    assert evals[1]['train_seconds'] >= 2 and evals[-1]['train_seconds'] >= 4
+    trains = [e for e in log if e['event'] == 'train']
+    assert trains[-1]['lr'] < 0.1 * 1.8e-3  # the last steps sit near the end of the decay
+    p = fast(p50k_dir, tmp_path / 'd', '--max_seconds=4', check=False)
+    assert p.returncode == 0  # a budget alone (no other change) is valid

@@ -1,0 +1,118 @@
+"""Nothing lost: one run per out_dir at a time, a scratch run never replaces a run's checkpoints
+unasked, and ckpt_best.pt is never older than the best step ckpt.pt records."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, STDLIB, code_rows, make_token_dir, run_script, write_parquet
+
+TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
+        '--gradient_accumulation_steps=1', '--eval_iters=1', '--log_interval=1', '--compile=False',
+        '--device=cpu', '--dtype=float32', '--warmup_iters=2']
+ENV = {'OMP_NUM_THREADS': '1'}
+
+
+@pytest.fixture(scope='module')
+def token_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp('tok') / 'tokens')
+    make_token_dir(path, code_rows())
+    return path
+
+
+def read_log(out):
+    with open(os.path.join(out, 'log.jsonl')) as f:
+        return [json.loads(line) for line in f]
+
+
+def one_line_error(p, *needles):
+    assert p.returncode != 0, p.stdout
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def snapshot(d):
+    return {n: open(os.path.join(d, n), 'rb').read() for n in sorted(os.listdir(d)) if n != '.lock'}
+
+
+def test_a_second_train_run_into_the_same_out_dir_is_refused_naming_the_first(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    cmd = [sys.executable, os.path.join(ROOT, 'train.py'), *TINY, f'--data_dir={token_dir}', f'--out_dir={out}',
+           '--max_iters=100000', '--eval_interval=100000']
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env={**os.environ, **ENV})
+    try:
+        while first.poll() is None and not (out / 'log.jsonl').exists():
+            time.sleep(0.05)
+        second = run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=2',
+                            '--overwrite=True', check=False, env=ENV)
+        one_line_error(second, str(out), f'pid {first.pid}')
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=120) == 0
+    starts = [e for e in read_log(out) if e['event'] == 'start']
+    assert len(starts) == 1  # the refused run wrote nothing into the first one's log
+    # the first run is gone: its lock goes with it, and a resume takes the folder over
+    p = run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--eval_interval=100000',
+                   '--init_from=resume', f'--max_iters={read_log(out)[-1]["iter"] + 1}', env=ENV)
+    assert 'resuming' in p.stdout
+
+
+def test_tokenize_and_download_refuse_a_folder_another_run_holds(tmp_path):
+    parquet, tokens = tmp_path / 'parquet', tmp_path / 'tokens'
+    write_parquet(str(parquet / 'part-0.parquet'), code_rows(per_language=3))
+    for folder in (parquet, tokens):
+        holder = subprocess.Popen([sys.executable, '-c', f"import sys, time; sys.path.insert(0, {ROOT!r}); "
+                                   f"from atomic import lock_dir; f = lock_dir({str(folder)!r}, 'test'); "
+                                   f"print('held', flush=True); time.sleep(60)"],
+                                  stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == 'held'
+        try:
+            if folder == parquet:
+                p = run_script('download_github_code.py', '--source=local', f'--local_paths={STDLIB}/json',
+                               f'--out_dir={parquet}', check=False)
+            else:
+                p = run_script('tokenize_github_code.py', f'--in_dir={parquet}', f'--out_dir={tokens}', check=False)
+            one_line_error(p, str(folder), f'pid {holder.pid}', 'in use')
+        finally:
+            holder.kill()
+            holder.wait()
+    assert sorted(os.listdir(parquet)) == ['.lock', 'part-0.parquet']  # the download touched nothing
+    assert os.listdir(tokens) == ['.lock']
+    # the holder was killed (-9): its lock is free, and both stages run
+    run_script('tokenize_github_code.py', f'--in_dir={parquet}', f'--out_dir={tokens}', '--val_fraction=0.5')
+    assert os.path.isfile(tokens / 'manifest.json')
+
+
+def test_a_scratch_run_over_a_finished_run_is_refused_until_asked(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=4', '--eval_interval=2',
+               env=ENV)
+    before = snapshot(out)
+    p = run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=4', check=False, env=ENV)
+    one_line_error(p, str(out / 'ckpt.pt'), '--init_from=resume', '--out_dir', '--overwrite=True')
+    assert snapshot(out) == before  # checkpoints, log and plot untouched
+    p = run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2',
+                   '--overwrite=True', env=ENV)
+    log = read_log(out)
+    assert [e['event'] for e in log].count('start') == 1 and log[-1]['iter'] == 2  # a new run, a new log
+
+
+def test_ckpt_best_is_written_before_ckpt_at_an_improving_eval(token_dir, tmp_path):
+    """ckpt.pt records the new best step: were a kill to land between the two writes, the files left
+    must be an old ckpt.pt (its resume redoes the eval) and a new ckpt_best.pt, never the reverse."""
+    out = tmp_path / 'out'
+    run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=6', '--eval_interval=2',
+               '--learning_rate=3e-3', env=ENV)
+    writes = {}
+    for e in read_log(out):
+        if e['event'] == 'checkpoint':
+            writes.setdefault(e['iter'], []).append(os.path.basename(e['path']))
+    best_steps = [it for it, paths in writes.items() if 'ckpt_best.pt' in paths]
+    assert best_steps and all(writes[it] == ['ckpt_best.pt', 'ckpt.pt'] for it in best_steps)
