@@ -3,11 +3,11 @@ Training throughput: this project's train.py against the plain nanoGPT recipe, o
 in the same call, at the same tokens per step and the same model math (GPT-2 124M, AdamW, bf16).
 
 It times the real thing: train.py itself (real loader over real token shards on disk, optimizer,
-clipping, logging) run as a subprocess, read back from its log.jsonl, with the reference script
-(../shared/bench/reference_gpt2.py or --reference=...) run at each geometry just before it.
+clipping, logging) run as a subprocess, read back from its log.jsonl, with the plain recipe
+(bench/plain_nanogpt.py, a GPT-2 of its own) run at each geometry just before it.
 Token shards are made from the local standard library when data_dir has none.
 
-    python bench.py                                           # 32 x 1 and 4 x 8, as the issue asks
+    python bench.py                                           # 32 x 1 and 4 x 8
     python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
 
 prints one row per run: tokens/s, ms/step, MFU, share of the step fetching data, peak memory, and
@@ -24,7 +24,7 @@ from configurator import configure
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
-reference = os.path.join('..', 'shared', 'bench', 'reference_gpt2.py')  # the plain recipe; '' to skip it
+reference = os.path.join('bench', 'plain_nanogpt.py')  # the plain recipe, run with --micro_batch/--grad_accum/--steps; '' to skip it
 geometries = [(32, 1), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * 1024
 variants = ['', '--auto_batch=False']  # extra train.py flags, one run per geometry each
 steps = 60  # timed optimizer steps per run (after warmup)
@@ -42,6 +42,9 @@ def run(cmd):
     return p.stdout
 
 
+if reference and not os.path.isfile(os.path.join(here, reference)):
+    raise SystemExit(f"error: reference={reference!r} is not a file (relative to {here}); pass --reference='' to skip it")
+
 # --- token shards from local code, once --------------------------------------------------------
 if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
     parquet = os.path.join(os.path.dirname(data_dir.rstrip('/')), 'parquet')
@@ -53,8 +56,8 @@ if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
 rows = []
 for B, A in geometries:
     ref = None
-    if reference and os.path.isfile(reference):
-        out = run([sys.executable, reference, str(B), str(A), str(steps)])
+    if reference:
+        out = run([sys.executable, reference, f'--micro_batch={B}', f'--grad_accum={A}', f'--steps={steps}'])
         ref = float(re.search(r'tokens/s=(\d+)', out).group(1))
         rows.append((f"reference {B}x{A}", ref, B * A * 1024 / ref * 1000, None, None, None, 1.0))
     for extra in variants:

@@ -548,9 +548,9 @@ while True:
     # one optimizer step: accum micro-batches per rank, gradients synced on the last one only
     t_step = time.time()
     lr = get_lr(schedule_step())
-    for opt, peak in zip(optimizers, (learning_rate, muon_lr)):  # Muon follows AdamW's schedule, scaled
+    for opt, peak_lr in zip(optimizers, (learning_rate, muon_lr)):  # Muon follows AdamW's schedule, scaled
         for group in opt.param_groups:
-            group['lr'] = peak * lr / learning_rate if learning_rate else 0.0
+            group['lr'] = peak_lr * lr / learning_rate if learning_rate else 0.0
     step_loss = torch.zeros((), device=device)
     for micro in range(accum):
         if ddp:

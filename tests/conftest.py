@@ -120,3 +120,11 @@ def make_token_dir(path, rows, encoding='r50k_base'):
     with open(os.path.join(path, 'manifest.json'), 'w') as f:
         json.dump(manifest, f)
     return manifest
+
+
+@pytest.fixture(scope='session')
+def p50k_dir(tmp_path_factory):
+    """A token directory of real local code in p50k_base tokens."""
+    path = str(tmp_path_factory.mktemp('p50k') / 'tokens')
+    make_token_dir(path, code_rows(), encoding='p50k_base')
+    return path

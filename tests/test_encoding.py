@@ -18,13 +18,6 @@ ENV = {'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}
 
 
 @pytest.fixture(scope='module')
-def p50k_dir(tmp_path_factory):
-    path = str(tmp_path_factory.mktemp('p50k') / 'tokens')
-    make_token_dir(path, code_rows(), encoding='p50k_base')
-    return path
-
-
-@pytest.fixture(scope='module')
 def p50k_run(p50k_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp('run') / 'out'
     run_script('train.py', *TINY, f'--data_dir={p50k_dir}', f'--out_dir={out}', '--max_iters=8', '--eval_interval=4',
