@@ -45,6 +45,8 @@ def die(msg):
 t_start = time.time()
 if device.startswith('cuda') and not torch.cuda.is_available():
     die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
+if batch_size < 1 or max_tokens < 1:
+    die(f"batch_size={batch_size} and max_tokens={max_tokens} must be at least 1")
 if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype='{dtype}' is not 'float32', 'bfloat16' or 'float16'")
 device_type = 'cuda' if device.startswith('cuda') else 'cpu'

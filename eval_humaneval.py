@@ -137,6 +137,8 @@ if __name__ == '__main__':
         die(f"completions='{completions}' is not 'model', 'canonical' or 'empty'")
     if completions != 'model':
         n_samples = config['n_samples'] = 1  # the same text n times would only repeat the check
+    if limit < 0:
+        die(f"limit={limit} is negative; pass the number of problems to run, or 0 for all 164")
     if n_samples < 1 or batch_size < 1 or workers < 1:
         die(f"n_samples={n_samples}, batch_size={batch_size}, workers={workers}: each must be at least 1")
     if temperature == 0 and n_samples > 1:

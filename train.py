@@ -115,6 +115,8 @@ for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'eval_int
         die(f"{key}={globals()[key]} must be at least 1")
 if max_iters < 0 or not 0 <= learning_rate < float('inf') or not 0 <= muon_lr < float('inf'):
     die(f"max_iters={max_iters}, learning_rate={learning_rate}, muon_lr={muon_lr} must be finite and >= 0")
+if n_embd % n_head:
+    die(f"n_embd={n_embd} is not divisible by n_head={n_head}; pick an n_head that divides it")
 if optimizer not in ('adamw', 'muon'):
     die(f"optimizer='{optimizer}' is not 'adamw' or 'muon'")
 if lr_schedule not in ('cosine', 'wsd') or not 0 <= cooldown_frac <= 1:

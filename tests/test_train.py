@@ -300,6 +300,17 @@ def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
     assert_one_line_error(p, 'ckpt.pt does not exist')
     p = train(token_dir, tmp_path / 'o4', '--max_itres=3', check=False)
     assert p.returncode == 2 and 'max_itres' in p.stderr and 'max_iters' in p.stderr
+    nan_config = tmp_path / 'nan.py'
+    nan_config.write_text("learning_rate = float('nan')\n")
+    for bad, needle in [('--eval_interval=0', 'eval_interval=0'), ('--log_interval=0', 'log_interval=0'),
+                        ('--gradient_accumulation_steps=0', 'gradient_accumulation_steps=0'),
+                        ('--batch_size=0', 'batch_size=0'), ('--max_iters=-1', 'max_iters=-1'),
+                        (str(nan_config), 'learning_rate=nan'), ('--n_head=3', 'n_head=3'),
+                        ('--optimizer=sgd', "optimizer='sgd'"), ('--lr_schedule=step', "lr_schedule='step'")]:
+        out = tmp_path / 'bad'
+        p = train(token_dir, out, bad, check=False)
+        assert_one_line_error(p, needle)
+        assert not (out / 'ckpt.pt').exists()
     # a checkpoint of another shape
     train(token_dir, tmp_path / 'o5', '--max_iters=0')
     p = train(token_dir, tmp_path / 'o5', '--init_from=resume', '--n_layer=3', '--n_embd=64', check=False)
