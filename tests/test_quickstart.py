@@ -67,7 +67,8 @@ def test_download_writes_local_parquet_shards_and_manifest(run):
 def test_tokenize_writes_train_shards_and_a_held_out_python_val_set(run):
     import numpy as np
     m = json.loads((run['tokens'] / 'manifest.json').read_text())
-    assert len(m['train']) >= 2  # shard_tokens=100_000 splits the ~300k train tokens
+    assert m['encoding'] == 'p50k_base'  # runs of spaces are one token
+    assert len(m['train']) >= 2  # shard_tokens=100_000 splits the ~200k train tokens
     for e in m['train'] + m['val']:
         assert len(np.load(run['tokens'] / e['file'], mmap_mode='r')) == e['tokens']
     val = {e['language']: e for e in m['val']}
