@@ -45,7 +45,7 @@ def run(tmp_path_factory):
     parquet, tokens, out = d / 'parquet', d / 'tokens', d / 'out'
     small = {
         'download_github_code.py': [f'--out_dir={parquet}', f'--local_paths={LOCAL_PATHS}'],
-        'tokenize_github_code.py': [f'--in_dir={parquet}', f'--out_dir={tokens}', '--shard_tokens=100_000'],
+        'tokenize_github_code.py': [f'--in_dir={parquet}', f'--out_dir={tokens}', '--shard_tokens=30_000'],
         'train.py': [f'--data_dir={tokens}', f'--out_dir={out}', *SMALL_TRAIN],
         'sample.py': [f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=24'],
     }
@@ -68,7 +68,7 @@ def test_tokenize_writes_train_shards_and_a_held_out_python_val_set(run):
     import numpy as np
     m = json.loads((run['tokens'] / 'manifest.json').read_text())
     assert m['encoding'] == 'p50k_base'  # runs of spaces are one token
-    assert len(m['train']) >= 2  # shard_tokens=100_000 splits the ~200k train tokens
+    assert len(m['train']) >= 2  # shard_tokens=30_000 splits the ~65k train tokens
     for e in m['train'] + m['val']:
         assert len(np.load(run['tokens'] / e['file'], mmap_mode='r')) == e['tokens']
     val = {e['language']: e for e in m['val']}
