@@ -1,5 +1,5 @@
 """
-Where a tokenize worker's CPU time goes, against the raw encoder, on one machine (issue 4 notes).
+Where a tokenize worker's CPU time goes, against the raw encoder, on one machine.
 Run after bench_tokenize.py, which leaves its parquet corpus in /tmp/bench_tokenize/parquet:
 
     python notes/profile_tokenize.py [parquet_dir]
@@ -33,7 +33,7 @@ in_dir = sys.argv[1] if len(sys.argv) > 1 else '/tmp/bench_tokenize/parquet'
 paths = sorted(glob.glob(os.path.join(in_dir, '*.parquet')))[:4]
 print(f"tiktoken {tiktoken.__version__}, pyarrow {pa.__version__}, numpy {np.__version__}, python {sys.version.split()[0]}, "
       f"{os.cpu_count()} CPUs, {len(paths)} files of {in_dir}")
-enc = get_encoding()
+enc = get_encoding('r50k_base')
 
 
 def cpu(fn):
