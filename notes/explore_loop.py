@@ -57,7 +57,7 @@ def step_time(data, contiguous=True, extras=False, eager_embedding=False, steps=
     model = GPT(GPTConfig()).cuda()
     if eager_embedding:
         model.transformer.wte.forward = torch.compiler.disable(model.transformer.wte.forward)
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')
+    opt, = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')  # AdamW alone
     cm = torch.compile(model)
     first_bad = torch.full((), 2**62, dtype=torch.int64, device='cuda')
 

@@ -15,7 +15,7 @@ def run(B, A, steps=30, attn=None, loss_mode='float', mode=None, label='', nodro
         for n, mod in list(model.named_modules()):
             for cn, c in list(mod.named_children()):
                 if isinstance(c, torch.nn.Dropout): setattr(mod, cn, torch.nn.Identity())
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')
+    opt, = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')  # AdamW alone
     if loss_mode == 'bf16':
         def fwd(x, y):
             with torch.autocast('cuda', dtype=torch.bfloat16):

@@ -8,7 +8,7 @@ import torch
 def plain_step(model, data, mode=None):
     """train.py's step without its loader: compiled forward under bf16 autocast, backward, clipping
     at 1.0, fused AdamW. data: pinned (n, B, T + 1) token batches, used in turn."""
-    opt = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')
+    opt, = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cuda')  # AdamW alone
     cm = torch.compile(model, mode=mode)
 
     def step(i):
