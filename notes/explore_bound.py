@@ -1,10 +1,10 @@
-# exploration script of notes/throughput.md session 5; not part of the product. An upper bound on
+# exploration script of notes/throughput.md (2026-11-26); not part of the product. An upper bound on
 # what kernel work can give at 32x1: the bare training step (compiled model, fused AdamW, clipping)
 # with LayerNorm and GELU made free (nn.Identity, so their kernels vanish: different math, on
 # purpose) keeps every matmul, attention, the cross-entropy, the residual adds and the optimizer.
 # If even that step is under 1.3x the reference, no fusion of LayerNorm or GELU into the matmuls
 # reaches 1.3x at equal math.
-# usage (GPU): python notes/explore_bound.py   (random tokens: session 2 saw no difference from real ones)
+# usage (GPU): python notes/explore_bound.py   (random tokens: earlier runs saw no difference from real ones)
 import os
 import sys
 

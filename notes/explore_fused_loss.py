@@ -1,4 +1,4 @@
-# exploration script of notes/throughput.md session 4 (fused linear + cross-entropy, inductor
+# exploration script of notes/throughput.md, 2026-11-25 (fused linear + cross-entropy, inductor
 # options); not part of the product. Times the bare training step (compiled model, fused AdamW,
 # clipping) on real code tokens at 32x1, one variant after another on the same GPU.
 # usage (GPU, after `python bench.py --geometries="[]"` made data/bench/tokens):
@@ -14,7 +14,7 @@ import shards  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
 from notes.steptime import plain_step, time_steps  # noqa: E402
 
-# --- the fused loss tried here (measured, not kept: see notes/throughput.md, session 4) -----------
+# --- the fused loss tried here (measured, not kept: see notes/throughput.md, 2026-11-25) -----------
 class LinearCrossEntropy(torch.autograd.Function):
     """loss = cross_entropy(x @ weight.T, targets), mean over targets != -1, with the logits'
     gradient computed in the forward, in the same pass over the logits as the loss (under
