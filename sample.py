@@ -77,10 +77,6 @@ if len(ids) > model.config.block_size:
 x = torch.tensor(ids, dtype=torch.long, device=device)[None].repeat(num_samples, 1)  # (num_samples, t)
 
 
-def token_bytes(tokens):
-    return enc.decode_bytes(tokens)
-
-
 stop_bytes = [s.encode('utf-8') for s in stop]
 window = max((len(s) for s in stop_bytes), default=0)  # a stop string spans at most this many tokens
 
@@ -88,7 +84,7 @@ window = max((len(s) for s in stop_bytes), default=0)  # a stop string spans at 
 def reached_stop(generated):
     # (b, n) tokens so far -> (b,) bool; a new stop string must end in the newest token,
     # so only the last `window` tokens need decoding
-    tails = [token_bytes(row[-window:]) for row in generated.tolist()]
+    tails = [enc.decode_bytes(row[-window:]) for row in generated.tolist()]
     return torch.tensor([any(s in tail for s in stop_bytes) for tail in tails])
 
 
@@ -104,7 +100,7 @@ n_tokens = num_samples * (y.size(1) - len(ids))  # generated, whether shown or c
 for row in y[:, len(ids):].tolist():
     if EOT in row:
         row = row[:row.index(EOT)]
-    out = token_bytes(row)
+    out = enc.decode_bytes(row)
     for s in stop_bytes:
         out = out.split(s, 1)[0]  # cut at the earliest of the stop strings
     print(start + out.decode('utf-8', errors='replace'))

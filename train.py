@@ -144,7 +144,7 @@ manifest, train_shards, val_sets = shards.open_shards(data_dir)
 if not train_shards:
     die(f"{data_dir}/manifest.json lists no train shards; rerun the tokenize stage")
 encoding = manifest['encoding']  # what the tokens are; every checkpoint records it
-data_vocab = manifest.get('vocab_size', shards.get_encoding(encoding).n_vocab)
+data_vocab = manifest['vocab_size'] if 'vocab_size' in manifest else shards.get_encoding(encoding).n_vocab
 if data_vocab > vocab_size:
     die(f"vocab_size {vocab_size} is smaller than the data's {data_vocab} token ids ({encoding}); raise --vocab_size")
 cum_starts = shards.window_starts(train_shards, block_size)
