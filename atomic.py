@@ -14,9 +14,14 @@ def atomic_path(path):
     path = os.fspath(path)
     tmp = f"{path}.tmp{os.getpid()}"
     try:
-        yield tmp
-        with open(tmp, 'rb+') as f:
-            os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        try:
+            yield tmp
+            with open(tmp, 'rb+') as f:
+                os.fsync(f.fileno())  # the bytes are on disk before the name points at them
+        except OSError as e:
+            if e.filename in (None, tmp):  # numpy's and pyarrow's short writes name no file: say which
+                raise OSError(e.errno, e.strerror or str(e), path) from e
+            raise
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -36,6 +41,7 @@ def lock_dir(path, what):
     An flock ends with its process, so a lock left by a killed run is simply taken over.
     Returns the open file: keep it referenced, the lock lasts as long as it is open."""
     import fcntl
+    from configurator import die
     os.makedirs(path, exist_ok=True)
     f = open(os.path.join(path, '.lock'), 'a+')
     try:
@@ -43,8 +49,7 @@ def lock_dir(path, what):
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or 'unknown'
-        raise SystemExit(f"error: {path} is in use by another {what} run (pid {holder}); "
-                         f"wait for it to finish, or pass another out_dir")
+        die(f"{path} is in use by another {what} run (pid {holder}); wait for it to finish, or pass another out_dir")
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

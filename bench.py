@@ -20,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from configurator import configure
+from configurator import configure, die
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
@@ -38,12 +38,12 @@ here = os.path.dirname(os.path.abspath(__file__))
 def run(cmd):
     p = subprocess.run(cmd, cwd=here, capture_output=True, text=True)
     if p.returncode != 0:
-        raise SystemExit(f"error: {' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        die(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p.stdout
 
 
 if reference and not os.path.isfile(os.path.join(here, reference)):
-    raise SystemExit(f"error: reference={reference!r} is not a file (relative to {here}); pass --reference='' to skip it")
+    die(f"reference={reference!r} is not a file (relative to {here}); pass --reference='' to skip it")
 
 # --- token shards from local code, once --------------------------------------------------------
 if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
@@ -72,7 +72,7 @@ for B, A in geometries:
         start = next(e for e in events if e['event'] == 'start')
         timed = [e for e in events if e['event'] == 'train' and e['iter'] > warmup]
         if not timed:
-            raise SystemExit(f"error: no train log line after warmup; raise --steps above {log_interval}")
+            die(f"no train log line after warmup; raise --steps above {log_interval}")
         ms = sum(e['ms'] for e in timed) / len(timed)  # each row is the mean of log_interval steps
         tok_s = start['tokens_per_iter'] / ms * 1000
         mfu = timed[-1]['mfu']

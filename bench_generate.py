@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from configurator import configure
+from configurator import configure, die, setup_device
 from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
@@ -44,18 +44,16 @@ torch.manual_seed(seed)
 try:
     batches = [int(b) for b in str(batch_sizes).split(',') if b.strip()]
 except ValueError:
-    raise SystemExit(f"error: batch_sizes='{batch_sizes}' is not a comma-separated list of integers such as 1,8,64")
-device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-if device_type == 'cuda' and not torch.cuda.is_available():
-    raise SystemExit(f"error: device='{device}' but CUDA is not available here; pass --device=cpu")
+    die(f"batch_sizes='{batch_sizes}' is not a comma-separated list of integers such as 1,8,64")
+device_type, _, autocast = setup_device(device, dtype)
 if prompt_len + max_new_tokens > block_size:
     print(f"note: prompt_len + max_new_tokens = {prompt_len + max_new_tokens} > block_size {block_size}: "
           f"past it both paths cut and re-read the context")
 if device_type == 'cuda':
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
-autocast = (torch.autocast('cuda', dtype=getattr(torch, dtype)) if device_type == 'cuda' and dtype != 'float32'
-            else torch.autocast(device_type, enabled=False))
+if device_type != 'cuda':
+    autocast = torch.autocast(device_type, enabled=False)  # the CPU runs float32
 
 model = GPT(GPTConfig(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size)).to(device).eval()
 if device_type == 'cuda':

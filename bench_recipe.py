@@ -21,7 +21,7 @@ import sys
 import sysconfig
 import time
 
-from configurator import configure
+from configurator import configure, die
 
 # -----------------------------------------------------------------------------
 budget = 150.0  # training seconds per run
@@ -42,14 +42,14 @@ config = configure(globals())
 here = os.path.dirname(os.path.abspath(__file__))
 t_start = time.time()
 if budget <= 0 or evals < 1:
-    raise SystemExit(f"error: budget={budget} and evals={evals} must be positive")
+    die(f"budget={budget} and evals={evals} must be positive")
 
 
 def run(cmd, what):
     t0 = time.time()
     p = subprocess.run([sys.executable, *cmd], cwd=here, capture_output=True, text=True)
     if p.returncode != 0:
-        raise SystemExit(f"error: {what} failed ({' '.join(cmd)}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+        die(f"{what} failed ({' '.join(cmd)}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     lines = p.stdout.strip().splitlines()
     print(f"{what}: {time.time() - t0:.0f}s | {lines[-1] if lines else ''}", flush=True)
     return p.stdout
@@ -80,7 +80,7 @@ runs = [('reference', reference, 'r50k_base', ''), ('fast', fast, 'p50k_base', '
 runs += [(f"ref + {v}", reference, v.split()[0], ' '.join(v.split()[1:])) for v in ablate]
 for name, cfg, enc, _ in runs:
     if enc not in tokens:
-        raise SystemExit(f"error: run '{name}': encoding '{enc}' is not one of {', '.join(tokens)}")
+        die(f"run '{name}': encoding '{enc}' is not one of {', '.join(tokens)}")
 curves, ends = {}, {}
 for i, (name, cfg, enc, flags) in enumerate(runs):
     out = os.path.join(work_dir, 'runs', name.replace(' ', '').replace('+', '_').replace('-', ''))

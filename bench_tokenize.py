@@ -8,8 +8,8 @@ raw `encode_ordinary_batch(num_threads=1)` on the documents, the stage with 1 an
 in 2 processes at once, each on half the files (what two cores give two independent encoders at
 that moment: other processes, shared caches or hyperthread siblings may take some; tiktoken's own
 threads are no such measure, as turning tokens into Python ints holds the GIL). Prints
-tokens/s, the ratios the tokenize issue asks for (>= 0.9x the raw encoder per worker, >= 1.8x at
-2 workers), tokens per CPU-second (which other load barely moves), and the stage's peak RSS per
+tokens/s, the stage's ratio to the raw encoder (at 1 worker, and at 2 workers against one raw
+encoder), tokens per CPU-second (which other load barely moves), and the stage's peak RSS per
 worker and of its main process.
 
     python bench_tokenize.py
@@ -42,37 +42,29 @@ config = configure(globals())
 
 def make_corpus():
     """Documents the stage keeps (known language, <= 1 MB, >= 10 chars, no line > 1000), as parquet rows."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from github_code import language_of
+    from github_code import language_of, write_parquet
+    from local_source import walk_files
     rows, total, seen = [], 0, set()
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                if total >= corpus_mb * 1e6 or language_of(name) is None or os.path.islink(path) or path in seen:
-                    continue
-                seen.add(path)  # site-packages may sit inside the stdlib folder
-                try:
-                    data = open(path, 'rb').read()
-                    text = data.decode('utf-8')
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if len(data) > 1_000_000 or len(text) < 10 or max(map(len, text.split('\n'))) > 1000:
-                    continue
-                rel = os.path.relpath(path, root)
-                rows.append((text, f"{os.path.basename(root)}/{rel.split(os.sep)[0]}", rel))
-                total += len(data)
+        for _, repo_name, _, path in walk_files(root):
+            if total >= corpus_mb * 1e6 or language_of(path) is None or os.path.islink(path) or path in seen:
+                continue
+            seen.add(path)  # site-packages may sit inside the stdlib folder
+            try:
+                data = open(path, 'rb').read()
+                text = data.decode('utf-8')
+            except (OSError, UnicodeDecodeError):
+                continue
+            if len(data) > 1_000_000 or len(text) < 10 or max(map(len, text.split('\n'))) > 1000:
+                continue
+            rows.append(dict(content=text, repo_name=repo_name, path=os.path.relpath(path, root), license='mit',
+                             size=len(data)))
+            total += len(data)
     in_dir = os.path.join(bench_dir, 'parquet')
     os.makedirs(in_dir)
     per = -(-len(rows) // files)
     for i in range(files):
-        part = rows[i * per:(i + 1) * per]
-        pq.write_table(pa.table({'content': [r[0] for r in part], 'repo_name': [r[1] for r in part],
-                                 'path': [r[2] for r in part], 'license': ['mit'] * len(part),
-                                 'size': [len(r[0].encode()) for r in part]}),
-                       os.path.join(in_dir, f"train-{i:05d}.parquet"), row_group_size=256)
+        write_parquet(os.path.join(in_dir, f"train-{i:05d}.parquet"), rows[i * per:(i + 1) * per], row_group_size=256)
     return in_dir, len(rows), total
 
 

@@ -7,11 +7,16 @@ Checkpoint files in an out_dir, shared by train.py (writes) and sample.py / the 
 State dicts carry no torch.compile '_orig_mod.' prefix, and every file loads with
 torch.load(weights_only=True): plain tensors, numbers, strings, lists and dicts only.
 """
+import errno
 import os
+import pickle
+import resource
+import shutil
 
 import torch
 
 from atomic import atomic_path
+from configurator import die
 from model import GPT, GPTConfig
 from shards import DEFAULT_ENCODING
 
@@ -20,7 +25,14 @@ LATEST, BEST = 'ckpt.pt', 'ckpt_best.pt'
 
 def save_checkpoint(ckpt, path):
     with atomic_path(path) as tmp:
-        torch.save(ckpt, tmp)
+        try:
+            torch.save(ckpt, tmp)
+        except RuntimeError as e:  # torch reports a short write (a full disk) as "unexpected pos"
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
+            limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+            raise OSError(errno.EFBIG if limited else errno.ENOSPC if free < 2**30 else errno.EIO,
+                          f"writing the checkpoint failed ({str(e).splitlines()[0][:80]}; {free / 1e9:.2f} GB free)",
+                          path) from e
 
 
 def checkpoint_path(out_dir, which='best'):
@@ -28,21 +40,36 @@ def checkpoint_path(out_dir, which='best'):
     if os.path.isfile(out_dir):
         return out_dir
     if which not in ('best', 'latest'):
-        raise SystemExit(f"error: ckpt='{which}' is not 'best' or 'latest'")
+        die(f"ckpt='{which}' is not 'best' or 'latest'")
     best, latest = os.path.join(out_dir, BEST), os.path.join(out_dir, LATEST)
     if which == 'best' and os.path.isfile(best):
         return best
     if os.path.isfile(latest):
         return latest
-    raise SystemExit(f"error: no checkpoint in '{out_dir}' ({BEST} or {LATEST}); train one with "
-                     f"python train.py <config> --out_dir={out_dir}")
+    die(f"no checkpoint in '{out_dir}' ({BEST} or {LATEST}); train one with "
+        f"python train.py <config> --out_dir={out_dir}")
 
 
 def load_checkpoint(path, device='cpu'):
+    """The checkpoint dict; a file that is not one of train.py's is one line, never unsafe advice."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:  # a truncated or foreign file: say which, not a pickle traceback
-        raise SystemExit(f"error: cannot read checkpoint {path}: {type(e).__name__}: {e}")
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's own text here suggests weights_only=False: unsafe advice for an unknown file
+        if 'Unsupported global' not in str(e):
+            die(f"cannot read checkpoint {path} (not a pickle that torch can read); it is damaged or not a "
+                f"torch file: pass another checkpoint or retrain")
+        die(f"cannot read checkpoint {path}: it holds Python objects beyond tensors and plain data, so it is "
+            f"not a checkpoint of train.py (which are loaded with weights_only=True); pass a train.py checkpoint")
+    except Exception as e:  # a truncated or random file: say which, not a pickle traceback
+        first = (str(e).strip().splitlines() or [''])[0][:150]
+        die(f"cannot read checkpoint {path} ({type(e).__name__}: {first}); it is damaged or not a torch file: "
+            f"pass another checkpoint or retrain")
+    missing = [k for k in ('model', 'model_args') if not isinstance(ckpt, dict) or k not in ckpt]
+    if missing:
+        die(f"{path} is a torch file but not a checkpoint of train.py (no {', '.join(map(repr, missing))}); "
+            f"pass a train.py checkpoint (out_dir/ckpt.pt or ckpt_best.pt)")
+    return ckpt
 
 
 def encoding_of(ckpt):

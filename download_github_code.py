@@ -11,7 +11,7 @@ resume of partial files (*.incomplete), and keeps a file only once its sha256 ma
 LFS oid. A rerun skips files the manifest vouches for (same size and timestamps) and re-hashes
 the others, so a corrupt or truncated file is fetched again.
 source='local': turns local source trees (default: this Python's standard library) into shards of
-the same schema and naming, offline and byte-for-byte deterministic.
+the same schema and naming, offline and byte-for-byte deterministic (local_source.py).
 
     python download_github_code.py                                  # the reference 38 shards (~10.8 GB)
     python download_github_code.py --num_shards=2 --workers=2       # a quick look at the data
@@ -19,7 +19,6 @@ the same schema and naming, offline and byte-for-byte deterministic.
     python download_github_code.py --source=local                   # offline: the stdlib as a tiny github-code
 """
 import errno
-import hashlib
 import json
 import os
 import re
@@ -31,8 +30,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import github_code
+import local_source
 from atomic import lock_dir, write_json
 from configurator import configure, die
+from local_source import Failed, sha256_of
 
 # -----------------------------------------------------------------------------
 repo_id = 'codeparrot/github-code'  # dataset repo on the hub
@@ -55,10 +56,6 @@ _manifest_path = os.path.join(out_dir, 'manifest.json')
 _shard_re = re.compile(r'data/train-(\d{5})-of-(\d{5})\.parquet')
 
 
-class Failed(Exception):
-    """One line for the user: what went wrong, with which file or value, and what to do."""
-
-
 # --- checks on the config, before anything touches the network or the disk
 if source not in ('hub', 'local'):
     die(f"source={source!r} is not known; use --source=hub or --source=local")
@@ -74,14 +71,6 @@ else:
     indices = list(range(shard_start, shard_start + num_shards))
 if workers < 1 or local_shard_bytes < 1:
     die(f"workers={workers} and local_shard_bytes={local_shard_bytes} must be >= 1")
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        while chunk := f.read(8 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def parquet_rows(path):
@@ -348,160 +337,16 @@ def download_from_hub():
     return manifest, summary
 
 
-# --- local source: source trees -> github-code rows -> parquet shards
-_license_signs = [  # (dataset license id, regex over the lowercased, whitespace-normalized text); first match wins
-    ('agpl-3.0', r'gnu affero general public license,? version 3'),
-    ('lgpl-3.0', r'gnu lesser general public license,? version 3'),
-    ('lgpl-2.1', r'gnu lesser general public license,? version 2\.1'),
-    ('gpl-3.0', r'gnu general public license,? version 3'),
-    ('gpl-2.0', r'gnu general public license,? version 2\b'),
-    ('apache-2.0', r'apache license,? version 2\.0'),
-    ('mpl-2.0', r'mozilla public license,? (version |v\.? ?)?2\.0'),
-    ('epl-1.0', r'eclipse public license\W*(version |v\.? ?)?1\.0'),
-    ('artistic-2.0', r'the artistic license 2\.0'),
-    ('unlicense', r'this is free and unencumbered software released into the public domain'),
-    ('cc0-1.0', r'\bcc0 1\.0'),
-    ('isc', r'permission to use, copy, modify, and/or distribute this software for any purpose with or without fee'),
-    ('mit', r'permission is hereby granted, free of charge, to any person obtaining a copy'),
-    ('bsd-3-clause', r'redistribution and use in source and binary forms.*(neither the name|endorse or promote)'),
-    ('bsd-2-clause', r'redistribution and use in source and binary forms'),
-]
-assert {k for k, _ in _license_signs} == set(github_code.LICENSES)
-
-
-def license_of_text(text):
-    text = ' '.join(text.lower().split())
-    for lic, pattern in _license_signs:
-        if re.search(pattern, text):
-            return lic
-    return 'unknown'
-
-
-def license_of(folder):
-    """The dataset license id of a repo folder, from its LICENSE/LICENCE/COPYING file(s), else 'unknown'."""
-    try:
-        names = sorted(os.listdir(folder))
-    except OSError:
-        return 'unknown'
-    for name in names:
-        path = os.path.join(folder, name)
-        if re.match(r'(license|licence|copying)([.\-_]|$)', name.lower()) and os.path.isfile(path):
-            with open(path, 'rb') as f:
-                lic = license_of_text(f.read(50_000).decode('utf-8', 'replace'))
-            if lic != 'unknown':
-                return lic
-    return 'unknown'
-
-
-def local_files(root):
-    """(repo folder, repo_name, path in repo, file path) for each file under root, in sorted order."""
-    base = os.path.basename(os.path.normpath(root))
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in local_exclude)
-        for name in sorted(filenames):
-            full = os.path.join(dirpath, name)
-            rel = os.path.relpath(full, root).replace(os.sep, '/')
-            top, _, inner = rel.partition('/')
-            if inner:  # root/<top>/... belongs to repo '<root name>/<top>'
-                yield os.path.join(root, top), f"{base}/{top}", inner, full
-            else:  # files right under root form a repo of their own
-                yield root, base, rel, full
-
-
-def write_local_shard(rows, path):
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    table = pa.table({
-        'content': pa.array([r[0] for r in rows], pa.string()),
-        'repo_name': pa.array([r[1] for r in rows], pa.string()),
-        'path': pa.array([r[2] for r in rows], pa.string()),
-        'license': pa.array([r[3] for r in rows], pa.string()),
-        'size': pa.array([r[4] for r in rows], pa.int64()),
-    })
-    pq.write_table(table, path, row_group_size=1024, compression='snappy')
-    with open(path, 'rb+') as f:
-        os.fsync(f.fileno())
-
-
+# --- local source (local_source.py): source trees -> github-code rows -> parquet shards
 def build_local():
-    t0 = time.time()
     roots = [local_paths] if isinstance(local_paths, str) else list(local_paths)
-    for root in roots:
-        if not os.path.isdir(root):
-            raise Failed(f"local_paths entry {root!r} is not a folder; pass existing folders, e.g. --local_paths=/src/a,/src/b")
-    data_dir = os.path.join(out_dir, 'data')
-    os.makedirs(data_dir, exist_ok=True)
-    skipped, languages, licenses = Counter(), Counter(), {}
-    tmp_paths, rows, nbytes, content_bytes = [], [], 0, 0
-    try:
-        def flush():
-            tmp = os.path.join(data_dir, f".local-{len(tmp_paths):05d}.parquet.tmp{os.getpid()}")
-            tmp_paths.append(tmp)
-            write_local_shard(rows, tmp)
-            rows.clear()
-
-        for root in roots:
-            for repo_dir, repo_name, path, full in local_files(root):
-                lang = github_code.language_of(path)
-                if lang is None:
-                    skipped['not_a_language'] += 1
-                    continue
-                if os.path.islink(full):
-                    skipped['symlink'] += 1  # the target is walked (or not) in its own right
-                    continue
-                try:
-                    if os.path.getsize(full) > local_max_file_bytes:
-                        skipped['too_large'] += 1
-                        continue
-                    with open(full, 'rb') as f:
-                        data = f.read()
-                except OSError:
-                    skipped['unreadable'] += 1
-                    continue
-                if not data.strip():
-                    skipped['empty'] += 1
-                    continue
-                if b'\0' in data:
-                    skipped['binary'] += 1
-                    continue
-                try:
-                    text = data.decode('utf-8')
-                except UnicodeDecodeError:
-                    skipped['undecodable'] += 1
-                    continue
-                if repo_dir not in licenses:
-                    licenses[repo_dir] = license_of(repo_dir)
-                rows.append((text, repo_name, path, licenses[repo_dir], len(data)))
-                languages[lang] += 1
-                nbytes += len(data)
-                content_bytes += len(data)
-                if nbytes >= local_shard_bytes:
-                    flush()
-                    nbytes = 0
-        if rows:
-            flush()
-        if not tmp_paths:
-            raise Failed(f"no source files of the dataset's 30 languages under local_paths={roots}; "
-                         f"point --local_paths at folders with code")
-        # the shard count is in every name, so the names are given once all shards are written
-        files = []
-        for k, tmp in enumerate(tmp_paths):
-            name = github_code.shard_name(k, len(tmp_paths))
-            path = os.path.join(out_dir, name)
-            os.replace(tmp, path)
-            files.append(dict(name=name, size=os.path.getsize(path), sha256=sha256_of(path), rows=parquet_rows(path)))
-    finally:
-        for tmp in tmp_paths:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    manifest = dict(repo_id=repo_id, revision=None, commit_sha=None, source='local', local_paths=roots,
-                    local_shard_bytes=local_shard_bytes, content_bytes=content_bytes,
-                    skipped=dict(sorted(skipped.items())), languages=dict(sorted(languages.items())), files=files)
-    rows_total = sum(f['rows'] for f in files)
-    summary = (f"local {','.join(roots)}: {len(files)} shards, {sum(f['size'] for f in files) / 1e6:.1f} MB; "
-               f"{rows_total} files, {content_bytes / 1e6:.1f} MB of code in {len(languages)} languages; "
-               f"skipped {dict(sorted(skipped.items()))}; {time.time() - t0:.1f}s")
-    return manifest, summary
+    if os.path.isfile(_manifest_path):  # never mix: hub downloads are not ours to replace
+        with open(_manifest_path) as f:
+            old_source = json.load(f).get('source')
+        if old_source == 'hub':
+            raise Failed(f"{out_dir} holds shards downloaded from the hub; build the local source into another --out_dir")
+    fields, summary = local_source.build(out_dir, roots, local_exclude, local_shard_bytes, local_max_file_bytes)
+    return dict(repo_id=repo_id, revision=None, commit_sha=None, **fields), summary
 
 
 # --- run, then write the manifest atomically: it appears only when every file in it is verified
@@ -512,4 +357,6 @@ if __name__ == '__main__':
     except Failed as e:
         die(str(e))
     write_json(_manifest_path, manifest)
+    if source == 'local':
+        local_source.remove_stale(out_dir, manifest['files'])  # after the manifest: a kill here leaves a usable folder
     print(f"{summary} -> {_manifest_path}")

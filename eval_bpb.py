@@ -12,7 +12,6 @@ Prints a table and writes a JSON file, atomically.
     python eval_bpb.py --out_dir=out/ckpt.pt --max_tokens=100000 --device=cpu --out_file=bpb_latest.json
 """
 import os
-import sys
 import time
 
 import torch
@@ -20,7 +19,7 @@ import torch
 import shards
 from atomic import write_json
 from checkpoint import encoding_of, load_model
-from configurator import configure
+from configurator import configure, die, setup_device
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # checkpoint folder (or a .pt file)
@@ -37,21 +36,10 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 t_start = time.time()
-if device.startswith('cuda') and not torch.cuda.is_available():
-    die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
 if batch_size < 1 or max_tokens < 1:
     die(f"batch_size={batch_size} and max_tokens={max_tokens} must be at least 1")
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    die(f"dtype='{dtype}' is not 'float32', 'bfloat16' or 'float16'")
-device_type = 'cuda' if device.startswith('cuda') else 'cpu'
-autocast = (torch.autocast(device_type, dtype=getattr(torch, dtype)) if dtype != 'float32'
-            else torch.autocast(device_type, enabled=False))
+device_type, _, autocast = setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model and data
 model, ck, ckpt_path = load_model(out_dir, ckpt, device)

@@ -17,10 +17,9 @@ problem samples with its own seed, so a resumed run gives the same completions).
 import json
 import math
 import os
-import sys
 import time
 
-from configurator import configure
+from configurator import configure, die, setup_device
 
 # -----------------------------------------------------------------------------
 # what to evaluate
@@ -112,11 +111,6 @@ def write_results(path, records):
                 f.write(json.dumps(r) + '\n')
 
 
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
-
-
 if __name__ == '__main__':
     config = configure(globals())
     t_start = time.time()
@@ -152,17 +146,13 @@ if __name__ == '__main__':
     if completions == 'model':
         from checkpoint import encoding_of, load_model
         from shards import get_encoding
-        if device.startswith('cuda') and not torch.cuda.is_available():
-            die(f"device='{device}' but CUDA is not available here; pass --device=cpu")
-        if dtype not in ('bfloat16', 'float16', 'float32'):
-            die(f"dtype='{dtype}' is not 'bfloat16', 'float16' or 'float32'")
+        device_type, ptdtype, amp = setup_device(device, dtype)
         model, ck, ckpt_path = load_model(out_dir, ckpt, device)
         iter_num = ck.get('iter_num')
         enc = get_encoding(encoding_of(ck))
-        if device.startswith('cuda') and dtype != 'float32':
+        if device_type == 'cuda' and ptdtype != torch.float32:  # a CPU runs float32
             # weights in the compute dtype: autocast would re-cast every matrix at every token
-            model = model.to(getattr(torch, dtype))
-            ctx = torch.autocast('cuda', dtype=getattr(torch, dtype))
+            model, ctx = model.to(ptdtype), amp
         print(f"model: {ckpt_path} (iter {iter_num}, {model.num_params() / 1e6:.1f}M params) on {device}")
     if not eval_dir:
         base = out_dir if os.path.isdir(out_dir) or completions == 'model' else '.'

@@ -18,15 +18,15 @@ of our nn.GELU(); layer_norm_epsilon 1e-5 is nn.LayerNorm's default.
     python export_hf.py --out_dir=out                       # -> out/hf
     python export_hf.py --out_dir=out/ckpt.pt --export_dir=hf/gpt2-code --dtype=bfloat16
 """
+import errno
 import os
 import shutil
-import sys
 import time
 
 import torch
 
 from checkpoint import encoding_of, load_model
-from configurator import configure
+from configurator import configure, die
 from shards import EOT, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -38,11 +38,6 @@ tokenizer = True  # also write GPT-2's tokenizer files
 verify = True  # reload the folder with transformers and compare its logits with ours on real code
 config = configure(globals())
 # -----------------------------------------------------------------------------
-
-
-def die(msg):
-    print(f"error: {msg}", file=sys.stderr)
-    sys.exit(2)
 
 
 def hf_state_dict(sd, n_layer, n_embd, n_vocab):
@@ -101,6 +96,13 @@ if cfg.vocab_size < n_vocab:
     die(f"{ckpt_path} has vocab_size {cfg.vocab_size} < {enc.name}'s {n_vocab}; it was not trained on those tokens")
 if not export_dir:
     export_dir = os.path.join(os.path.dirname(ckpt_path), 'hf')
+export_dir = export_dir.rstrip('/')
+# an earlier export is replaced whole; anything else at that path is the user's: never moved or deleted
+if os.path.lexists(export_dir) and not os.path.isdir(export_dir):
+    die(f"export_dir '{export_dir}' is a file, not an export folder; pass --export_dir=<a new or export folder>")
+if os.path.isdir(export_dir) and os.listdir(export_dir) and not os.path.isfile(os.path.join(export_dir, 'config.json')):
+    die(f"export_dir '{export_dir}' holds files but no config.json, so it is not an earlier export; "
+        f"pass --export_dir=<a new or export folder>")
 
 # ----------------------------------------------------------------------------- the HF model
 hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
@@ -114,14 +116,18 @@ hf.tie_weights()
 hf = hf.to(getattr(torch, dtype)).eval()
 
 # ----------------------------------------------------------------------------- write, then swap in
-export_dir = export_dir.rstrip('/')
 tmp = f"{export_dir}.tmp{os.getpid()}"
 shutil.rmtree(tmp, ignore_errors=True)
 os.makedirs(tmp)
 try:
-    hf.save_pretrained(tmp, safe_serialization=True)
-    if tokenizer:
-        write_tokenizer(tmp, enc, cfg.block_size)
+    try:
+        hf.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer:
+            write_tokenizer(tmp, enc, cfg.block_size)
+    except Exception as e:  # safetensors reports a full disk as its own error type
+        if isinstance(e, OSError) or 'I/O error' not in str(e):
+            raise
+        raise OSError(errno.EIO, f"writing the export failed ({str(e).splitlines()[0][:100]})", tmp) from e
     if os.path.exists(export_dir):
         old = f"{export_dir}.old{os.getpid()}"
         os.replace(export_dir, old)

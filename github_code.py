@@ -53,6 +53,16 @@ LICENSES = ['mit', 'apache-2.0', 'gpl-3.0', 'gpl-2.0', 'bsd-3-clause', 'agpl-3.0
             'artistic-2.0']
 
 
+def write_parquet(path, rows, row_group_size=1024):
+    """Rows ({content, repo_name, path, license, size}) as one snappy parquet file in the raw schema.
+    The one writer of that schema: the local source, the tokenize benchmark and the tests use it."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    types = dict(content=pa.string(), repo_name=pa.string(), path=pa.string(), license=pa.string(), size=pa.int64())
+    table = pa.table({col: pa.array([r[col] for r in rows], types[col]) for col in COLUMNS})
+    pq.write_table(table, path, row_group_size=row_group_size, compression='snappy')
+
+
 def shard_name(index, num_shards=NUM_SHARDS):
     return f"data/train-{index:05d}-of-{num_shards:05d}.parquet"
 

@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from checkpoint import encoding_of, load_model
-from configurator import configure
+from configurator import configure, die, setup_device
 from shards import EOT, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -34,22 +34,20 @@ compile = False  # torch.compile the one-token decode step: ~1 min to start, fas
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
-if dtype not in ('float32', 'bfloat16', 'float16'):
-    raise SystemExit(f"error: dtype='{dtype}' is not one of float32, bfloat16, float16")
 if num_samples < 1 or max_new_tokens < 1:
-    raise SystemExit(f"error: num_samples ({num_samples}) and max_new_tokens ({max_new_tokens}) must be at least 1")
+    die(f"num_samples ({num_samples}) and max_new_tokens ({max_new_tokens}) must be at least 1")
 if temperature < 0:
-    raise SystemExit(f"error: temperature={temperature} is negative; use 0 for greedy, 0.8 or 1.0 to sample")
+    die(f"temperature={temperature} is negative; use 0 for greedy, 0.8 or 1.0 to sample")
 if not all(isinstance(s, str) and s for s in stop):
-    raise SystemExit(f"error: stop={stop!r} must be a list of non-empty strings, e.g. --stop='[\"\\n\\n\\n\"]'")
+    die(f"stop={stop!r} must be a list of non-empty strings, e.g. --stop='[\"\\n\\n\\n\"]'")
 
 torch.manual_seed(seed)
 torch.cuda.manual_seed(seed)
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-device_type = 'cuda' if 'cuda' in device else 'cpu'  # for torch.autocast
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype]
-ctx = nullcontext() if device_type == 'cpu' else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+device_type, ptdtype, ctx = setup_device(device, dtype)
+if device_type == 'cpu':
+    ptdtype, ctx = torch.float32, nullcontext()  # a CPU samples in float32
 
 # --- the model ---
 model, checkpoint, path = load_model(out_dir, ckpt, device)
@@ -63,10 +61,13 @@ enc = get_encoding(encoding_of(checkpoint))  # the tokens the model was trained 
 if start.startswith('FILE:'):
     prompt_file = start[len('FILE:'):]
     if not os.path.isfile(prompt_file):
-        raise SystemExit(f"error: prompt file '{prompt_file}' not found (from --start=FILE:{prompt_file}); "
-                         f"pass an existing file or the prompt text itself")
-    with open(prompt_file, encoding='utf-8') as f:
-        start = f.read()
+        die(f"prompt file '{prompt_file}' not found (from --start=FILE:{prompt_file}); "
+            f"pass an existing file or the prompt text itself")
+    try:
+        with open(prompt_file, encoding='utf-8') as f:
+            start = f.read()
+    except UnicodeDecodeError as e:
+        die(f"prompt file '{prompt_file}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8")
 ids = enc.encode(start, allowed_special={'<|endoftext|>'})
 # every training document follows <|endoftext|>, so the prompt does too: it reads as the start of a file
 if ids[:1] != [EOT]:

@@ -24,6 +24,7 @@ import os
 import numpy as np
 
 from atomic import atomic_path
+from configurator import die
 
 ENCODINGS = ('r50k_base', 'p50k_base')  # tiktoken's names: GPT-2's BPE, and Codex's with runs of spaces
 DEFAULT_ENCODING = 'r50k_base'  # the reference run's, and that of every file made before the key existed
@@ -33,7 +34,7 @@ DTYPE = np.uint16
 
 def get_encoding(name):
     if name not in ENCODINGS:
-        raise SystemExit(f"error: encoding '{name}' is not one of {', '.join(ENCODINGS)}")
+        die(f"encoding '{name}' is not one of {', '.join(ENCODINGS)}")
     import tiktoken  # imported late: train.py's workers never need it
     return tiktoken.get_encoding(name)
 
@@ -64,31 +65,49 @@ def save_shard(path, tokens):
 def load_manifest(data_dir):
     path = os.path.join(data_dir, 'manifest.json')
     if not os.path.isdir(data_dir):
-        raise SystemExit(f"error: data_dir '{data_dir}' does not exist; make it with tokenize_github_code.py "
-                         f"(--out_dir={data_dir}) or pass --data_dir=<a token directory>")
+        die(f"data_dir '{data_dir}' does not exist; make it with tokenize_github_code.py "
+            f"(--out_dir={data_dir}) or pass --data_dir=<a token directory>")
     if not os.path.isfile(path):
-        raise SystemExit(f"error: {path} is missing; '{data_dir}' is not a finished token directory "
-                         f"(rerun tokenize_github_code.py --out_dir={data_dir})")
+        die(f"{path} is missing; '{data_dir}' is not a finished token directory "
+            f"(rerun tokenize_github_code.py --out_dir={data_dir})")
     with open(path) as f:
         m = json.load(f)
     for key in ('encoding', 'eot', 'train', 'val'):
         if key not in m:
-            raise SystemExit(f"error: {path} has no '{key}' entry; remake it with tokenize_github_code.py")
+            die(f"{path} has no '{key}' entry; remake it with tokenize_github_code.py")
     return m
 
 
 def open_shards(data_dir):
-    """Memory-map every shard once: (manifest, [train arrays], {language: val array})."""
+    """Memory-map every shard once: (manifest, [train arrays], {language: val array}).
+
+    What is cheap is checked here, so a damaged folder is one line naming the file: each shard is
+    a readable .npy, 1-D uint16, as long as the manifest says; the val sets (small) hold no id
+    beyond the encoding's vocabulary. train.py checks each train batch's ids as it draws it."""
     m = load_manifest(data_dir)
-    def mmap(name):
-        p = os.path.join(data_dir, name)
+    fix = f"remake the folder with tokenize_github_code.py --out_dir={data_dir}"
+    def mmap(entry):
+        p = os.path.join(data_dir, entry['file'])
         if not os.path.isfile(p):
-            raise SystemExit(f"error: {p} is listed in manifest.json but missing; rerun tokenize_github_code.py")
-        # a plain ndarray view of the memory map: slicing a np.memmap builds a memmap object per
-        # slice, which made get_batch ~2.5x slower on the host
-        return np.load(p, mmap_mode='r').view(np.ndarray)
-    train = [mmap(e['file']) for e in m['train']]
-    val = {e['language']: mmap(e['file']) for e in m['val']}
+            die(f"{p} is listed in manifest.json but missing; {fix}")
+        try:
+            # a plain ndarray view of the memory map: slicing a np.memmap builds a memmap object
+            # per slice, which made get_batch ~2.5x slower on the host
+            a = np.load(p, mmap_mode='r').view(np.ndarray)
+        except (ValueError, OSError, EOFError) as e:
+            die(f"{p} is not a readable .npy shard ({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}")
+        if a.dtype != DTYPE or a.ndim != 1:
+            die(f"{p} holds a {a.dtype} array of shape {a.shape}, not 1-D {np.dtype(DTYPE).name} tokens; {fix}")
+        if len(a) != entry['tokens']:
+            die(f"{p} has {len(a):,} tokens but manifest.json says {entry['tokens']:,}; {fix}")
+        return a
+    train = [mmap(e) for e in m['train']]
+    val = {e['language']: mmap(e) for e in m['val']}
+    n_vocab = m.get('vocab_size') or get_encoding(m['encoding']).n_vocab
+    for e in m['val']:
+        top = int(val[e['language']].max(initial=0))
+        if top >= n_vocab:
+            die(f"{os.path.join(data_dir, e['file'])} holds token id {top}, beyond {m['encoding']}'s {n_vocab}; {fix}")
     return m, train, val
 
 
@@ -98,9 +117,10 @@ def window_starts(shards, block_size):
     return np.cumsum(counts)
 
 
-def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None):
+def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None, n_vocab=None):
     """Rows `rows` (a range) of step `step`'s batch of `step_rows` windows: (len(rows), block_size+1) int64,
-    written into `out` when given (train.py passes a pinned buffer, saving a copy).
+    written into `out` when given (train.py passes a pinned buffer, saving a copy). With n_vocab, an id
+    at or beyond it (a damaged shard) exits naming the shard instead of failing inside torch.
 
     Every start position in every shard is equally likely, so shards are drawn in proportion
     to their length. The generator is keyed by (seed, step) alone and always draws the whole
@@ -117,6 +137,11 @@ def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=N
     assert out.shape == (len(g), block_size + 1), (out.shape, len(g), block_size)
     for b in range(len(g)):
         out[b] = shards[which[b]][local[b]:local[b] + block_size + 1]
+    if n_vocab is not None and out.max(initial=0) >= n_vocab:  # ~10 us a micro-batch
+        b = int(np.argmax(out.max(axis=1) >= n_vocab))
+        die(f"train shard {which[b]} ({train_name(which[b])}) holds token id {int(out[b].max())} at position "
+            f"{local[b]}, beyond the vocabulary's {n_vocab}: the file is damaged; remake the token folder "
+            f"with tokenize_github_code.py")
     return out
 
 

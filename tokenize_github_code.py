@@ -25,7 +25,6 @@ import os
 import re
 import resource
 import shutil
-import signal
 import time
 
 import numpy as np
@@ -221,6 +220,8 @@ def tokenize_file(job):
 def list_sources(in_dir):
     """[{name, path, size, sha256 or None}] in input order, from in_dir/manifest.json or a sorted glob."""
     hint = f"make it with: python download_github_code.py --out_dir={in_dir}"
+    if os.path.isfile(in_dir):
+        die(f"in_dir '{in_dir}' is a file, not a folder of parquet files; pass the download's --out_dir")
     if not os.path.isdir(in_dir):
         die(f"in_dir '{in_dir}' does not exist; {hint}")
     mpath = os.path.join(in_dir, 'manifest.json')
@@ -252,14 +253,22 @@ def check_parquet(path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     try:
-        names = pq.read_schema(path).names
+        schema = pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as e:
         die(f"{path} is not a parquet file ({str(e).splitlines()[0]}); delete it and re-download it "
             f"with download_github_code.py")
-    missing = [c for c in COLUMNS if c not in names]
+    missing = [c for c in COLUMNS if c not in schema.names]
     if missing:
-        die(f"{path} has no {', '.join(repr(c) for c in missing)} column (its columns: {', '.join(names)}); "
+        die(f"{path} has no {', '.join(repr(c) for c in missing)} column (its columns: {', '.join(schema.names)}); "
             f"expected github-code's raw schema: content, repo_name, path, license, size")
+    # text columns: strings (content may also be raw bytes, decoded as UTF-8 with replacement)
+    for col in COLUMNS:
+        t = schema.field(col).type
+        ok = (pa.types.is_string(t) or pa.types.is_large_string(t) or
+              (col == 'content' and (pa.types.is_binary(t) or pa.types.is_large_binary(t))))
+        if not ok:
+            die(f"{path}: column '{col}' is {t}, not a string column; expected github-code's raw schema "
+                f"(content, repo_name, path, license: strings)")
 
 
 def check_same_run(what, old, config_now, sources_now):
@@ -369,16 +378,6 @@ def main():
     from tqdm import tqdm
     settings = dict(encoding=encoding, languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed, min_chars=min_chars,
                     max_file_bytes=max_file_bytes, max_line_length=max_line_length, batch_rows=batch_rows)
-    kill_after = int(os.environ.get('TOKENIZE_TEST_KILL_AFTER_SHARDS', 0))  # tests: SIGKILL after this many shard writes
-    shards_written = 0
-
-    def shard_done(path, tokens):
-        nonlocal shards_written
-        save_shard(path, tokens)
-        shards_written += 1
-        if shards_written == kill_after:
-            os.kill(os.getpid(), signal.SIGKILL)
-
     def merge(k, done):
         """Append file k's temp tokens to the train shards and (up to the cap) the val files, then record it."""
         nonlocal shard, fill, partial_path
@@ -392,7 +391,7 @@ def main():
                     chunk, fill = chunk[take:], fill + take // 2
                     if fill == shard_tokens:  # a full shard: publish it, start the next partial
                         out.close()
-                        shard_done(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
+                        save_shard(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
                         shard, fill = shard + 1, 0
                         partial_path = os.path.join(work, f"train_{shard:06d}.bin")
                         out = open(partial_path, 'wb')
@@ -470,7 +469,7 @@ def main():
     # --- finish: the last partial shard, the val files, then the manifest (which marks the run done)
     train = [dict(file=train_name(i), tokens=shard_tokens) for i in range(shard)]
     if fill:
-        shard_done(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
+        save_shard(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
         train.append(dict(file=train_name(shard), tokens=fill))
     val = []
     for lang in langs:
@@ -482,6 +481,10 @@ def main():
     stats = progress['languages']
     total = {key: {split: sum(st[split][key] for st in stats.values()) for split in ('train', 'val')}
              for key in ('documents', 'tokens')}
+    if not total['documents']['train'] + total['documents']['val']:  # no manifest: an empty dataset is no result
+        drops = ', '.join(f"{r} {n:,}" for r, n in progress['dropped'].items() if n)
+        die(f"the filters dropped every document of {len(sources)} files ({drops or 'the files hold no rows'}); "
+            f"loosen --languages, --licenses, --min_chars, --max_file_bytes or --max_line_length")
     # what the encoding buys on this data: UTF-8 bytes per token (EOTs counted), train and val together
     bytes_per_token = {lang: round((st['train']['bytes'] + st['val']['bytes']) /
                                    (st['train']['tokens'] + st['val']['tokens']), 4)

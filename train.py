@@ -22,7 +22,6 @@ import math
 import os
 import signal
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -31,8 +30,9 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import shards
 from atomic import atomic_path, lock_dir
 from checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_checkpoint
-from configurator import configure
-from model import GPT, GPTConfig, peak_flops
+from configurator import configure, die, setup_device
+from gpu_peaks import peak_flops
+from model import GPT, GPTConfig
 
 # -----------------------------------------------------------------------------
 # config: the defaults are the reference run (GPT-2 124M, 32,768 tokens per step)
@@ -94,22 +94,18 @@ config = configure(globals())
 # -----------------------------------------------------------------------------
 
 
-def die(msg):
-    raise SystemExit(f"error: {msg}")
-
-
 # --- distributed setup -----------------------------------------------------------------------
 ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
 if ddp:
     rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
     if device.startswith('cuda'):
         device = f'cuda:{local_rank}'
+        setup_device(device, dtype)  # that GPU is there, before any CUDA call
         torch.cuda.set_device(device)
     dist.init_process_group(backend=backend if device.startswith('cuda') else 'gloo')
 else:
     rank, local_rank, world = 0, 0, 1
 master = rank == 0  # only rank 0 writes checkpoints and logs
-device_type = 'cuda' if device.startswith('cuda') else device.split(':')[0]
 for key in ('batch_size', 'gradient_accumulation_steps', 'block_size', 'eval_interval', 'log_interval', 'eval_iters'):
     if globals()[key] < 1:
         die(f"{key}={globals()[key]} must be at least 1")
@@ -126,7 +122,8 @@ if max_seconds and ddp:
 if gradient_accumulation_steps % world:
     die(f"gradient_accumulation_steps {gradient_accumulation_steps} is not divisible by the {world} ranks; "
         f"pass --gradient_accumulation_steps=<a multiple of {world}>")
-accum = gradient_accumulation_steps // world  # micro-batches per rank per step
+accum = gradient_accumulation_steps // world  # micro-batches per rank per step (auto_batch may merge them)
+micro_batch = batch_size  # sequences per forward (auto_batch may raise it); the config keys stay as given
 tokens_per_iter = gradient_accumulation_steps * batch_size * block_size
 say = functools.partial(print, flush=True) if master else (lambda *a, **k: None)
 say(f"tokens per step: {tokens_per_iter:,} ({world} rank(s) x {accum} micro-batches x {batch_size} x {block_size})")
@@ -134,10 +131,7 @@ say(f"tokens per step: {tokens_per_iter:,} ({world} rank(s) x {accum} micro-batc
 torch.manual_seed(seed)  # the same init on every rank
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}.get(dtype)
-if ptdtype is None:
-    die(f"dtype '{dtype}' is not one of float32, bfloat16, float16")
-autocast = nullcontext() if ptdtype == torch.float32 else torch.autocast(device_type, dtype=ptdtype)
+device_type, ptdtype, autocast = setup_device(device, dtype)
 
 # --- data: memory-map every shard once ---------------------------------------------------------
 manifest, train_shards, val_sets = shards.open_shards(data_dir)
@@ -163,6 +157,7 @@ pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffer
 def fetch(step, first_row, rows, seed=seed):
     """Rows first_row.. of step `step`'s batch on the device as (x, y), each (rows, T); async copy on CUDA."""
     args = (train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
+    kw = dict(n_vocab=data_vocab)
     if device_type == 'cuda':
         # a fresh pinned tensor per batch costs a page-locked allocation each time; reuse a few,
         # waiting (rarely) only until the GPU has copied out of the one we overwrite
@@ -172,12 +167,12 @@ def fetch(step, first_row, rows, seed=seed):
         else:
             buf, done = ring.pop(0)
             done.synchronize()
-        shards.get_batch(*args, out=buf.numpy())  # the windows go straight into pinned memory
+        shards.get_batch(*args, out=buf.numpy(), **kw)  # the windows go straight into pinned memory
         xy = buf.to(device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
-        xy = torch.from_numpy(shards.get_batch(*args)).to(device)
+        xy = torch.from_numpy(shards.get_batch(*args, **kw)).to(device)
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 
 
@@ -214,12 +209,16 @@ if init_from == 'resume':
     if not os.path.isfile(ckpt_path):
         die(f"init_from='resume' but {ckpt_path} does not exist; train with --init_from=scratch first")
     ckpt = load_checkpoint(ckpt_path, 'cpu')
+    missing = [k for k in ('optimizer', 'iter_num', 'rng', 'tokens_seen') if k not in ckpt]
+    if missing:
+        die(f"{ckpt_path} holds a model but no training state ({', '.join(missing)}), so it cannot be resumed; "
+            f"pass a fresh --out_dir")
     # dropout may change on resume (as for finetuning); the shapes may not
     diff = [k for k in model_args if k != 'dropout' and ckpt['model_args'].get(k) != model_args[k]]
     if diff:
         die(f"{ckpt_path} has a model of another shape: " +
             ', '.join(f"{k}={ckpt['model_args'].get(k)} (config: {model_args[k]})" for k in diff) +
-            f"; pass the checkpoint's values or a fresh --out_dir")
+            "; pass the checkpoint's values or a fresh --out_dir")
     if encoding_of(ckpt) != encoding:
         die(f"{ckpt_path} was trained on {encoding_of(ckpt)} tokens but {data_dir} holds {encoding}; "
             f"pass its token directory or a fresh --out_dir")
@@ -279,11 +278,11 @@ if auto_batch and device_type == 'cuda' and accum > 1:
     # small micro-batches leave a big GPU waiting on kernel launches; one step's gradient is the
     # mean over the same step_rows sequences however they are split, so only speed changes
     for k in sorted((k for k in range(1, accum + 1) if accum % k == 0), reverse=True):
-        if k == 1 or fits(batch_size * k):
+        if k == 1 or fits(micro_batch * k):
             break
     if k > 1:
-        say(f"auto_batch: micro-batch {batch_size} x {accum} accumulation steps -> {batch_size * k} x {accum // k}")
-        batch_size, accum = batch_size * k, accum // k
+        say(f"auto_batch: micro-batch {micro_batch} x {accum} accumulation steps -> {micro_batch * k} x {accum // k}")
+        micro_batch, accum = micro_batch * k, accum // k
     torch.cuda.reset_peak_memory_stats()  # report training's peak, not the eager trial's
 if sdpa_backend and device_type == 'cuda':
     if sdpa_backend not in ('flash', 'cudnn'):
@@ -362,6 +361,14 @@ def evaluate():
 log_path = os.path.join(out_dir, 'log.jsonl')
 if master and init_from == 'scratch' and os.path.exists(log_path):
     os.remove(log_path)  # a new run, a new log (an old run's checkpoint was refused above unless overwrite)
+
+
+wandb_run = None
+if wandb_log and master:
+    import wandb
+    wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
+t_start = time.time()  # this run's clock (reset when the loop starts): elapsed time in checkpoints and logs
+last_save_iter = iter_num if init_from == 'resume' else None  # the step ckpt.pt holds
 
 
 def log(event, **fields):
@@ -476,21 +483,16 @@ def gpu_energy_joules():
         return None
 
 
-wandb_run = None
-if wandb_log and master:
-    import wandb
-    wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
-
 # --- training loop -----------------------------------------------------------------------------
 log('start', iter=iter_num, init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
-    micro_batch=batch_size, accum=accum,
+    micro_batch=micro_batch, accum=accum,
     params=raw_model.num_params(), config=config)
 t_start = time.time()
 energy_start = gpu_energy_joules()
-start_tokens, last_save_iter = tokens_seen, (iter_num if init_from == 'resume' else None)
+start_tokens = tokens_seen
 stop_reason = 'max_iters'
-first_row = lambda micro: (rank * accum + micro) * batch_size  # this rank's rows of the step's batch
-x, y = fetch(iter_num, first_row(0), batch_size)
+first_row = lambda micro: (rank * accum + micro) * micro_batch  # this rank's rows of the step's batch
+x, y = fetch(iter_num, first_row(0), micro_batch)
 data_time = 0.0  # host seconds spent fetching batches since the last log line
 steps_this_run = 0
 t_log, iters_since_log = time.time(), 0
@@ -562,7 +564,7 @@ while True:
             loss = loss / accum  # the gradient is the mean over the step's micro-batches
         # fetch the next micro-batch while the GPU works on this one
         t_data = time.time()
-        x, y = fetch(iter_num + (micro + 1) // accum, first_row((micro + 1) % accum), batch_size)
+        x, y = fetch(iter_num + (micro + 1) // accum, first_row((micro + 1) % accum), micro_batch)
         data_time += time.time() - t_data
         scaler.scale(loss).backward()
         step_loss += loss.detach()

@@ -1,6 +1,7 @@
 """Shared test setup: offline tiktoken, the repo on sys.path, and fixtures made from real local code."""
 import json
 import os
+import re
 import subprocess
 import sys
 import sysconfig
@@ -27,49 +28,73 @@ def run_script(script, *args, cwd=ROOT, check=True, env=None, timeout=600):
     return p
 
 
+def one_line_error(p, *needles):
+    """A bad input's answer: non-zero exit, no traceback, one 'error:' line on stderr (tqdm's bars aside)
+    holding every needle. Returns that line."""
+    assert p.returncode != 0, p.stdout + p.stderr
+    lines = [s for s in p.stderr.replace('\r', '\n').splitlines() if s.strip() and not re.match(r'[\w ]+: +\d+%\|', s)]
+    assert len(lines) == 1 and lines[0].startswith('error:') and 'Traceback' not in p.stderr, p.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def after_config_line(stdout):
+    """A script's stdout without the 'config: ...' line that echoes its overrides first."""
+    return stdout.split('\n', 1)[1] if stdout.startswith('config: ') else stdout
+
+
+TINY_ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
+
+
+def tiny_checkpoint(path, seed=0, iter_num=7, best_val_loss=1e9, std=None, **fields):
+    """A checkpoint file of a 2-layer, 32-wide GPT with seeded random weights; returns the model.
+    std: re-draw the matrices at this scale (0.3 makes greedy output follow the prompt)."""
+    import torch
+    from checkpoint import save_checkpoint
+    from model import GPT, GPTConfig
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**TINY_ARGS))
+    if std is not None:
+        for p in model.parameters():
+            if p.dim() >= 2:
+                torch.nn.init.normal_(p, std=std)
+    save_checkpoint({'model': model.state_dict(), 'model_args': TINY_ARGS, 'iter_num': iter_num,
+                     'best_val_loss': best_val_loss, 'config': {}, **fields}, str(path))
+    return model.eval()
+
+
 def code_rows(roots=(STDLIB, '/usr/include'), per_language=30, max_bytes=40_000):
     """Real source files from this machine as github-code rows, a few per language, in a fixed order.
 
-    repo_name is '<root>/<top-level folder>', so several files share a repository.
-    """
+    repo_name is '<root>/<top-level folder>', so several files share a repository."""
     from github_code import language_of
+    from local_source import walk_files
     rows, counts = [], {}
     for root in roots:
-        for dirpath, dirnames, filenames in os.walk(root):
-            dirnames[:] = sorted(d for d in dirnames if d not in ('__pycache__', 'site-packages'))
-            for name in sorted(filenames):
-                path = os.path.join(dirpath, name)
-                lang = language_of(name)
-                if lang is None or counts.get(lang, 0) >= per_language or os.path.islink(path):
-                    continue
-                try:
-                    data = open(path, 'rb').read()
-                    text = data.decode('utf-8')
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if not text.strip() or len(data) > max_bytes:
-                    continue
-                rel = os.path.relpath(path, root)
-                top = rel.split(os.sep)[0] if os.sep in rel else '_top'
-                rows.append(dict(content=text, repo_name=f"{os.path.basename(root)}/{top}", path=rel,
-                                 license='mit', size=len(data)))
-                counts[lang] = counts.get(lang, 0) + 1
+        for _, repo_name, _, path in walk_files(root, exclude=('__pycache__', 'site-packages')):
+            lang = language_of(os.path.basename(path))
+            if lang is None or counts.get(lang, 0) >= per_language or os.path.islink(path):
+                continue
+            try:
+                data = open(path, 'rb').read()
+                text = data.decode('utf-8')
+            except (OSError, UnicodeDecodeError):
+                continue
+            if not text.strip() or len(data) > max_bytes:
+                continue
+            rel = os.path.relpath(path, root)
+            rows.append(dict(content=text, repo_name=repo_name if os.sep in rel else f"{repo_name}/_top", path=rel,
+                             license='mit', size=len(data)))
+            counts[lang] = counts.get(lang, 0) + 1
     return rows
 
 
 def write_parquet(path, rows, row_group_size=64):
     """Write rows in the dataset's raw schema (content, repo_name, path, license, size)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    import github_code
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-    table = pa.table({
-        'content': pa.array([r['content'] for r in rows], pa.string()),
-        'repo_name': pa.array([r['repo_name'] for r in rows], pa.string()),
-        'path': pa.array([r['path'] for r in rows], pa.string()),
-        'license': pa.array([r['license'] for r in rows], pa.string()),
-        'size': pa.array([r['size'] for r in rows], pa.int64()),
-    })
-    pq.write_table(table, path, row_group_size=row_group_size)
+    github_code.write_parquet(path, rows, row_group_size=row_group_size)
 
 
 VAL_LANGUAGES = ['Python', 'C', 'C++']  # each keeps its last documents for val

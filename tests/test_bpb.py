@@ -10,10 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import shards
-from checkpoint import save_checkpoint
-from conftest import code_rows, run_script
+from conftest import code_rows, run_script, tiny_checkpoint
 from github_code import language_of, language_slug
-from model import GPT, GPTConfig
 
 ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
 
@@ -44,17 +42,9 @@ def token_dir(path, languages=('Python', 'C', 'Markdown')):
     return manifest
 
 
-def tiny_checkpoint(path):
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**ARGS))
-    save_checkpoint({'model': model.state_dict(), 'model_args': ARGS, 'iter_num': 3, 'best_val_loss': 1e9,
-                     'config': {}}, path)
-    return model.eval()
-
-
 def test_bpb_equals_hand_computed_loss_per_byte_of_the_same_windows(tmp_path):
     manifest = token_dir(tmp_path / 'tokens')
-    model = tiny_checkpoint(tmp_path / 'ckpt.pt')
+    model = tiny_checkpoint(tmp_path / 'ckpt.pt', iter_num=3)
     T, max_tokens = 32, 2000
     out = tmp_path / 'bpb.json'
     p = run_script('eval_bpb.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path / "tokens"}', '--device=cpu',
@@ -85,7 +75,7 @@ def test_bpb_equals_hand_computed_loss_per_byte_of_the_same_windows(tmp_path):
 
 def test_missing_language_is_a_one_line_error(tmp_path):
     token_dir(tmp_path / 'tokens', languages=('Python',))
-    tiny_checkpoint(tmp_path / 'ckpt.pt')
+    tiny_checkpoint(tmp_path / 'ckpt.pt', iter_num=3)
     p = run_script('eval_bpb.py', f'--out_dir={tmp_path}', f'--data_dir={tmp_path / "tokens"}', '--device=cpu',
                    '--languages=Rust', check=False)
     assert p.returncode == 2 and p.stderr.startswith('error:') and 'Rust' in p.stderr

@@ -148,3 +148,46 @@ def test_in_process_errors_exit_2_with_message(capsys):
         assert e.value.code == 2
         err = capsys.readouterr().err
         assert all(w in err for w in words), err
+
+
+def test_help_prints_the_config_block_with_comments_and_exits_0(tmp_path):
+    p = run(tmp_path, '--batch_size=3', '--help')
+    assert p.returncode == 0 and p.stderr == ''
+    lines = p.stdout.splitlines()
+    assert "  batch_size = 12  # an int" in lines and "  peak_tflops = None  # None: any type goes" in lines
+    assert not any(line.startswith('{') for line in lines)  # it stopped before the script ran
+
+
+def test_the_changed_keys_are_echoed_in_one_line(tmp_path):
+    (tmp_path / 'b.py').write_text("batch_size = 64\nmax_iters = 100\n")  # max_iters as the default: not echoed
+    p = run(tmp_path, 'b.py', '--out_dir=x')
+    assert p.stdout.splitlines()[0] == "config: b.py, out_dir='x', batch_size=64"
+    assert not run(tmp_path).stdout.startswith('config:')  # nothing changed, nothing echoed
+
+
+def test_a_config_file_that_does_not_run_is_one_line_with_its_line_number(tmp_path):
+    (tmp_path / 'syntax.py').write_text("batch_size = 32\nmax_iters = (\n")
+    err = fails(tmp_path, 'syntax.py')
+    assert 'syntax.py:2' in err
+    (tmp_path / 'raises.py').write_text("batch_size = 32\n\nmax_iters = 10 // 0\n")
+    err = fails(tmp_path, 'raises.py')
+    assert 'raises.py:3' in err and 'ZeroDivisionError' in err
+
+
+def test_an_os_error_at_the_top_is_one_line_naming_the_path(tmp_path):
+    script = tmp_path / 'writes.py'
+    script.write_text(SCRIPT + "open(os.path.join(out_dir, 'f.txt'), 'w')\n")
+    p = subprocess.run([sys.executable, str(script), f'--out_dir={tmp_path / "no" / "such"}'], capture_output=True, text=True)
+    assert p.returncode == 1 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert p.stderr.startswith('error: No such file or directory: ') and str(tmp_path / 'no' / 'such') in p.stderr
+
+
+@pytest.mark.skipif(__import__('torch').cuda.is_available(), reason='checks a machine without CUDA')
+def test_device_cuda_without_a_gpu_is_one_line():
+    from configurator import setup_device
+    with pytest.raises(SystemExit) as e:
+        setup_device('cuda', 'bfloat16')
+    assert e.value.code == 2
+    with pytest.raises(SystemExit):
+        setup_device('tpu', 'float32')
+    assert setup_device('cpu', 'float32')[0] == 'cpu'

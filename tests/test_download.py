@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import code_rows, run_script, write_parquet
+from conftest import code_rows, one_line_error, run_script, write_parquet
 from github_code import COLUMNS, language_of, shard_name
 
 REPO = 'codeparrot/github-code'
@@ -144,11 +144,7 @@ def sha256(path):
     return hashlib.sha256(open(path, 'rb').read()).hexdigest()
 
 
-def error_line(p):
-    assert p.returncode != 0
-    lines = p.stderr.strip().splitlines()
-    assert lines and lines[-1].startswith('error: '), p.stderr
-    return lines[-1]
+
 
 
 # --- hub source
@@ -192,7 +188,7 @@ def test_cut_connection_keeps_partial_and_rerun_resumes(tmp_path, shard_bytes):
         cut = 12 << 20
         hub.cut = (name, cut)
         p = download(tmp_path, hub.url, '--shards=[1]', check=False)
-        line = error_line(p)
+        line = one_line_error(p)
         assert name in line and 'rerun' in line
         part = tmp_path / 'out' / (name + '.incomplete')
         kept = part.stat().st_size
@@ -231,9 +227,9 @@ def test_flipped_or_truncated_local_file_is_detected_and_fetched_again(tmp_path,
 
 
 def test_missing_or_out_of_range_shard_is_a_clear_error(tmp_path, hub):
-    line = error_line(download(tmp_path, hub.url, '--shards=[0,3]', check=False))
+    line = one_line_error(download(tmp_path, hub.url, '--shards=[0,3]', check=False))
     assert shard_name(3, NUM) in line and 'missing' in line
-    line = error_line(download(tmp_path, hub.url, '--shard_start=2', '--num_shards=5', check=False))
+    line = one_line_error(download(tmp_path, hub.url, '--shard_start=2', '--num_shards=5', check=False))
     assert 'shard index 4 is out of range' in line and '4 shards (0..3)' in line
     assert hub.body_gets() == []  # checked before downloading anything
     assert not (tmp_path / 'out' / 'manifest.json').exists()
@@ -243,7 +239,7 @@ def test_unreachable_endpoint_is_a_clear_error(tmp_path):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(('127.0.0.1', 0))
         endpoint = f"http://127.0.0.1:{s.getsockname()[1]}"
-    line = error_line(download(tmp_path, endpoint, '--num_shards=1', check=False))
+    line = one_line_error(download(tmp_path, endpoint, '--num_shards=1', check=False))
     assert endpoint in line and 'HF_ENDPOINT' in line and '--source=local' in line
 
 

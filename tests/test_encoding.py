@@ -8,7 +8,7 @@ import torch
 
 import shards
 from checkpoint import load_checkpoint, save_checkpoint
-from conftest import code_rows, make_token_dir, run_script
+from conftest import after_config_line, code_rows, make_token_dir, run_script
 from model import GPT, GPTConfig
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
@@ -50,7 +50,7 @@ def test_resume_on_tokens_of_another_encoding_is_refused(p50k_run, tmp_path):
 def test_sample_and_eval_bpb_read_the_encoding_from_the_checkpoint(p50k_dir, p50k_run, tmp_path):
     p = run_script('sample.py', f'--out_dir={p50k_run}', '--temperature=0', '--num_samples=1', '--max_new_tokens=20',
                    '--start=def f(x):\n    ', env=ENV)
-    assert p.stdout.split('\n', 1)[1].startswith('def f(x):\n    ')
+    assert after_config_line(p.stdout).split('\n', 1)[1].startswith('def f(x):\n    ')
     out = tmp_path / 'bpb.json'
     run_script('eval_bpb.py', f'--out_dir={p50k_run}', f'--data_dir={p50k_dir}', '--device=cpu', f'--out_file={out}',
                '--max_tokens=2000', env=ENV)
@@ -133,7 +133,7 @@ def test_exported_tokenizer_and_model_match_tiktoken_and_sample_py(encoding, tmp
     prompt = 'import os\n\ndef main():\n    '
     p = run_script('sample.py', f'--out_dir={out}', '--temperature=0', '--num_samples=1', '--max_new_tokens=16',
                    f'--start={prompt}', env=ENV)
-    ours = p.stdout.split('\n', 1)[1].split('\n---------------\n')[0]
+    ours = after_config_line(p.stdout).split('\n', 1)[1].split('\n---------------\n')[0]
     hf = transformers.GPT2LMHeadModel.from_pretrained(out / 'hf').eval()
     x = torch.tensor([[shards.EOT] + tok(prompt)['input_ids']])
     y = hf.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=16, do_sample=False,

@@ -5,14 +5,13 @@ import json
 import math
 import os
 import shutil
-import stat
 import tempfile
 import time
 
 import pytest
 import torch
 
-from conftest import run_script
+from conftest import run_script, tiny_checkpoint
 import sandbox
 
 import eval_humaneval  # its work is behind a __main__ guard
@@ -201,16 +200,6 @@ def test_many_completions_run_in_parallel_workers():
 
 
 # ----------------------------------------------------------------------------- end to end
-
-def tiny_checkpoint(path):
-    from checkpoint import save_checkpoint
-    from model import GPT, GPTConfig
-    torch.manual_seed(0)
-    args = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
-    model = GPT(GPTConfig(**args))
-    save_checkpoint({'model': model.state_dict(), 'model_args': args, 'iter_num': 7, 'best_val_loss': 1e9,
-                     'config': {}}, path)
-
 
 @needs_problems
 def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):

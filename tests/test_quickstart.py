@@ -14,7 +14,7 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from conftest import ROOT, STDLIB, run_script  # noqa: E402
+from conftest import ROOT, STDLIB, after_config_line, run_script  # noqa: E402
 
 STAGES = [  # (script, config file): the README's first command runs these in this order
     ('download_github_code.py', 'config/quickstart_download.py'),
@@ -23,6 +23,7 @@ STAGES = [  # (script, config file): the README's first command runs these in th
     ('sample.py', 'config/quickstart_sample.py'),
 ]
 INSTALL = 'pip install -r requirements.txt'
+DEV_INSTALL = 'pip install -r requirements-dev.txt'  # what the tests add; .ci/run installs it too
 TEST_COMMAND = 'python -m pytest -q tests'
 # scripts whose config block CONFIG.md lists, in its order
 CONFIG_SCRIPTS = ['download_github_code.py', 'tokenize_github_code.py', 'train.py', 'sample.py',
@@ -89,7 +90,7 @@ def test_train_writes_checkpoints_log_and_loss_curve(run):
 
 def test_sample_prints_samples_from_the_best_checkpoint_then_the_loss_curve(run):
     text = run['stdout']['sample.py']
-    loaded, body = text.split('\n', 1)
+    loaded, body = after_config_line(text).split('\n', 1)
     assert loaded.startswith(f"loaded {run['out'] / 'ckpt_best.pt'}")
     *samples, tail = body.split('\n---------------\n')
     assert len(samples) == 2
@@ -110,11 +111,11 @@ def test_readme_opens_with_the_quickstart_and_the_test_command():
     first_block = re.search(r'```\w*\n(.*?)```', text, re.S).group(1)
     assert text.find('\n## ') == -1 or text.index('```') < text.index('\n## ')  # before the first section
     lines = [line for line in first_block.splitlines() if line.strip() and not line.startswith('#')]
-    quickstart = ' && '.join([INSTALL] + [f'python {s} {c}' for s, c in STAGES])
-    assert lines == [quickstart, f'{INSTALL} && {TEST_COMMAND}']
+    assert lines == [INSTALL] + [f'python {s} {c}' for s, c in STAGES] + [DEV_INSTALL, TEST_COMMAND]
     with open(os.path.join(ROOT, '.ci', 'run')) as f:
         ci = f.read()
     assert re.search(r'^python3? -m pytest -q tests$', ci, re.M), "CI runs another test command than the README"
+    assert 'requirements-dev.txt' in ci, "CI installs other requirements than the README's test command"
 
 
 def config_block(script):
@@ -158,3 +159,15 @@ def test_config_md_tables_are_the_scripts_config_blocks():
 if __name__ == '__main__':
     for script in CONFIG_SCRIPTS:
         print(f"### `{script}`\n\n{config_table(script)}\n")
+
+
+def test_readme_file_map_names_every_top_level_script_and_only_real_files():
+    text = readme()
+    section = text[text.index('## The files'):text.index('\n## ', text.index('## The files') + 1)]
+    named = set(re.findall(r'`([\w/]+\.py)`', section))
+    present = {f for f in os.listdir(ROOT) if f.endswith('.py')}
+    assert present <= named, f"the README's file map lacks {sorted(present - named)}"
+    missing = [f for f in named if not os.path.isfile(os.path.join(ROOT, f))]
+    assert not missing, f"the README's file map names missing files {missing}"
+    for script in CONFIG_SCRIPTS:  # and every script with a config table exists
+        assert os.path.isfile(os.path.join(ROOT, script)), script

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, STDLIB, code_rows, make_token_dir, run_script, write_parquet
+from conftest import ROOT, STDLIB, code_rows, make_token_dir, one_line_error, run_script, write_parquet
 
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',
         '--gradient_accumulation_steps=1', '--eval_iters=1', '--log_interval=1', '--compile=False',
@@ -27,14 +27,6 @@ def token_dir(tmp_path_factory):
 def read_log(out):
     with open(os.path.join(out, 'log.jsonl')) as f:
         return [json.loads(line) for line in f]
-
-
-def one_line_error(p, *needles):
-    assert p.returncode != 0, p.stdout
-    lines = p.stderr.strip().splitlines()
-    assert len(lines) == 1, p.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def snapshot(d):
@@ -116,3 +108,48 @@ def test_ckpt_best_is_written_before_ckpt_at_an_improving_eval(token_dir, tmp_pa
             writes.setdefault(e['iter'], []).append(os.path.basename(e['path']))
     best_steps = [it for it, paths in writes.items() if 'ckpt_best.pt' in paths]
     assert best_steps and all(writes[it] == ['ckpt_best.pt', 'ckpt.pt'] for it in best_steps)
+
+
+def damaged_copy(token_dir, dest, name, how):
+    """A copy of token_dir whose file `name` is damaged in one way."""
+    import shutil
+    import numpy as np
+    shutil.copytree(token_dir, dest)
+    path = os.path.join(dest, name)
+    tokens = np.load(path)
+    if how == 'truncated':
+        data = open(path, 'rb').read()
+        open(path, 'wb').write(data[:len(data) // 2])
+    elif how == 'random_bytes':
+        open(path, 'wb').write(np.random.default_rng(0).bytes(4096))
+    elif how == 'float64':
+        np.save(path, tokens.astype(np.float64))
+    elif how == '2d':
+        np.save(path, tokens[:len(tokens) // 2 * 2].reshape(-1, 2))
+    elif how == 'ids_beyond_vocab':
+        np.save(path, np.full_like(tokens, 60000))
+    elif how == 'count_mismatch':
+        m = json.load(open(os.path.join(dest, 'manifest.json')))
+        for e in m['train'] + m['val']:
+            if e['file'] == name:
+                e['tokens'] += 1
+        json.dump(m, open(os.path.join(dest, 'manifest.json'), 'w'))
+    return dest
+
+
+@pytest.mark.parametrize('how, needle', [('truncated', 'not a readable .npy'), ('random_bytes', 'not a readable .npy'),
+                                         ('float64', 'float64'), ('2d', 'shape'),
+                                         ('ids_beyond_vocab', 'token id 60000'), ('count_mismatch', 'manifest.json says')])
+def test_a_damaged_token_folder_is_one_line_naming_the_file_in_train_and_eval_bpb(token_dir, tmp_path, how, needle):
+    from conftest import tiny_checkpoint
+    bad = damaged_copy(token_dir, tmp_path / 'train_damaged', 'train_000000.npy', how)
+    p = run_script('train.py', *TINY, f'--data_dir={bad}', f'--out_dir={tmp_path / "out"}', '--max_iters=2',
+                   check=False, env=ENV)
+    one_line_error(p, needle, 'train_000000.npy' if how != 'ids_beyond_vocab' else 'train shard 0', 'tokenize_github_code.py')
+    assert not os.path.exists(tmp_path / 'out' / 'ckpt.pt')
+    # eval_bpb reads the val files: the same damage there
+    bad = damaged_copy(token_dir, tmp_path / 'val_damaged', 'val_python.npy', how)
+    tiny_checkpoint(tmp_path / 'ckpt.pt')
+    p = run_script('eval_bpb.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--data_dir={bad}', '--device=cpu',
+                   '--max_tokens=500', check=False, env=ENV)
+    one_line_error(p, 'val_python.npy', 'tokenize_github_code.py')

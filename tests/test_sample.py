@@ -6,10 +6,10 @@ import sys
 import pytest
 import torch
 
-import model as model_module
-from checkpoint import load_model, save_checkpoint
-from conftest import ROOT, run_script
-from model import GPT, GPTConfig
+import decode
+from checkpoint import load_model
+from conftest import ROOT, after_config_line, run_script, tiny_checkpoint
+from model import GPT
 from shards import EOT, get_encoding
 
 SEP = '\n---------------\n'
@@ -19,13 +19,8 @@ ENV = {'OMP_NUM_THREADS': '1', 'PYTHONIOENCODING': 'utf-8'}
 
 
 def make_checkpoint(path, seed, iter_num):
-    torch.manual_seed(seed)
-    model = GPT(GPTConfig(**ARGS))
-    for p in model.parameters():
-        if p.dim() >= 2:  # larger than the 0.02 init, so greedy output follows the context
-            torch.nn.init.normal_(p, std=0.3)
-    save_checkpoint({'model': model.state_dict(), 'model_args': ARGS, 'iter_num': iter_num,
-                     'best_val_loss': 1.5, 'config': {}}, str(path))
+    # weights larger than the 0.02 init, so greedy output follows the context
+    return tiny_checkpoint(path, seed=seed, iter_num=iter_num, best_val_loss=1.5, std=0.3)
 
 
 @pytest.fixture(scope='module')
@@ -43,7 +38,7 @@ def sample(*args, check=True):
 
 def parse(stdout):
     """(loaded line, samples, summary line) of sample.py's output."""
-    loaded, body = stdout.split('\n', 1)
+    loaded, body = after_config_line(stdout).split('\n', 1)
     *samples, summary = body.split(SEP)
     return loaded, samples, summary
 
@@ -146,7 +141,7 @@ def test_endoftext_and_stop_strings_end_rows_early(out_dir, monkeypatch, capsys)
         i = len(steps)
         steps.append(i)
         return torch.tensor([[r[i]] for r in rows])
-    monkeypatch.setattr(model_module, 'sample_next', scripted)
+    monkeypatch.setattr(decode, 'sample_next', scripted)
     out = run_in_process(monkeypatch, capsys, f'--out_dir={out_dir}', '--num_samples=2', '--max_new_tokens=9',
                          '--start=words:', '--stop=STOP,never')
     assert parse(out)[1] == ['words: alpha beta ', 'words: one two']

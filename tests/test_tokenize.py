@@ -3,13 +3,15 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import code_rows, run_script, write_parquet
+from conftest import ROOT, code_rows, one_line_error, run_script, write_parquet
 from github_code import language_of, language_slug
 
 SCRIPT = 'tokenize_github_code.py'
@@ -82,6 +84,32 @@ def expected_docs(rows, selected):
 def tokenize(corpus, out_dir, *args, **kw):
     in_dir, _, selected = corpus
     return run_script(SCRIPT, f'--in_dir={in_dir}', f'--out_dir={out_dir}', f'--languages={selected}', *ARGS, *args, **kw)
+
+
+# the stage run as `import tokenize_github_code; main()`, with shards.save_shard wrapped so the
+# process SIGKILLs itself right after its n-th train shard is published: a kill at that exact point
+KILLED_AFTER = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import shards
+real, written = shards.save_shard, [0]
+def save_then_die(path, tokens):
+    real(path, tokens)
+    if os.path.basename(path).startswith('train_'):
+        written[0] += 1
+        if written[0] == {n}:
+            os.kill(os.getpid(), signal.SIGKILL)
+shards.save_shard = save_then_die
+import tokenize_github_code
+tokenize_github_code.main()
+"""
+
+
+def tokenize_killed_after(n, corpus, out_dir, *args):
+    in_dir, _, selected = corpus
+    code = KILLED_AFTER.format(root=ROOT, n=n)
+    return subprocess.run([sys.executable, '-c', code, f'--in_dir={in_dir}', f'--out_dir={out_dir}',
+                           f'--languages={selected}', *ARGS, *args], cwd=ROOT, capture_output=True, text=True)
 
 
 def split_docs(tokens):
@@ -198,7 +226,7 @@ def test_rerun_after_kill_gives_identical_output(corpus, reference, tmp_path):
     # recorded, and at last in the finishing step), resuming each time
     kills = 0
     while True:
-        p = tokenize(corpus, out, '--workers=2', env={'TOKENIZE_TEST_KILL_AFTER_SHARDS': str(kills + 1)}, check=False)
+        p = tokenize_killed_after(kills + 1, corpus, out, '--workers=2')
         if p.returncode == 0:
             break
         assert p.returncode == -9, p.stderr
@@ -216,14 +244,6 @@ def test_rerun_after_completion_does_nothing(corpus, tmp_path):
     p = tokenize(corpus, out, '--workers=2')
     assert 'nothing to do' in p.stdout
     assert stamps() == before
-
-
-def one_line_error(p, *words):
-    assert p.returncode != 0
-    lines = [line for line in p.stderr.splitlines() if line.strip() and not line.startswith('tokenize:')]  # tqdm's
-    assert len(lines) == 1 and lines[0].startswith('error:'), p.stderr
-    for w in words:
-        assert w in lines[0], lines[0]
 
 
 def test_missing_or_empty_in_dir_says_how_to_make_it(tmp_path):
@@ -281,7 +301,7 @@ def test_out_dir_made_with_another_config_is_refused(corpus, reference, tmp_path
     assert snapshot(out) == before
     # also a partial run: killed after one shard, then rerun with another shard size
     partial = tmp_path / 'partial'
-    p = tokenize(corpus, partial, env={'TOKENIZE_TEST_KILL_AFTER_SHARDS': '1'}, check=False)
+    p = tokenize_killed_after(1, corpus, partial)
     assert p.returncode == -9
     before = {str(p): open(p, 'rb').read() for p in sorted(partial.rglob('*')) if p.is_file() and p.name != '.lock'}
     p = tokenize(corpus, partial, '--shard_tokens=1000', check=False)
