@@ -77,8 +77,9 @@ def _excepthook(kind, value, tb):
 
 
 def config_keys(g):
-    # the script's config: its simple-typed globals that are not private
-    return [k for k, v in g.items() if not k.startswith('_') and isinstance(v, CONFIG_TYPES)]
+    # the script's config: its simple-typed globals that are neither private nor CONSTANTS (such as
+    # an imported EOT or LATEST)
+    return [k for k, v in g.items() if not k.startswith('_') and not k.isupper() and isinstance(v, CONFIG_TYPES)]
 
 
 def check_key(key, known, where):

@@ -215,7 +215,7 @@ def tokenize_file(job):
     return done
 
 
-# --- the main process: check everything first, so a bad input touches no earlier output
+# --- the main process: its inputs, checked before anything is written (a bad input touches no earlier output)
 
 def list_sources(in_dir):
     """[{name, path, size, sha256 or None}] in input order, from in_dir/manifest.json or a sorted glob."""
@@ -288,8 +288,11 @@ def check_same_run(what, old, config_now, sources_now):
         die(f"{where} holds {what} made from other input files in '{in_dir}' ({first}); {todo}")
 
 
-def main():
-    t_start = time.time()
+# --- the main process, in phases: check the config, resume the work folder, tokenize and merge,
+# finish. `progress` (work/progress.json) is the one record of how far the run got.
+
+def check_config():
+    """(languages, licenses or None, run_config): the config checked, and what decides the output bytes."""
     try:
         langs = parse_languages(languages)
     except ValueError as e:
@@ -311,30 +314,25 @@ def main():
                       max_file_bytes=max_file_bytes, max_line_length=max_line_length, seed=seed)
     if val_max_bytes:  # only when set, so out_dirs made before the key existed still match
         run_config['val_max_bytes'] = val_max_bytes
-    manifest_path = os.path.join(out_dir, 'manifest.json')
-    work = os.path.join(out_dir, 'work')
+    return langs, lics, run_config
+
+
+def report_finished(manifest_path, run_config):
+    """A finished out_dir: check it is this run's, then do nothing (in_dir may be gone by now)."""
+    with open(manifest_path) as f:
+        m = json.load(f)
+    present = os.path.isfile(os.path.join(in_dir, 'manifest.json')) or glob.glob(
+        os.path.join(in_dir, '**', '*.parquet'), recursive=True)
+    sources = list_sources(in_dir) if present else m.get('sources', [])
+    check_same_run('shards', m, run_config, sources)
+    shutil.rmtree(os.path.join(out_dir, 'work'), ignore_errors=True)  # left over if a kill came right after the manifest
+    print(f"{out_dir} is complete ({len(m['train'])} train shards, {len(m['val'])} val files, "
+          f"{m['tokens']['train'] + m['tokens']['val']:,} tokens); nothing to do")
+
+
+def resume(work, run_config, sources, langs):
+    """The progress record, new or loaded, with the work folder put back exactly as it left it."""
     progress_path = os.path.join(work, 'progress.json')
-
-    if not os.path.isfile(manifest_path):  # bad input is refused before out_dir is touched
-        sources = list_sources(in_dir)
-        for src in sources:
-            check_parquet(src['path'])
-    lock = lock_dir(out_dir, 'tokenize_github_code.py')  # noqa: F841 (held until the process ends)
-
-    # a finished out_dir: check it is this run's, then do nothing (in_dir may be gone by now)
-    if os.path.isfile(manifest_path):
-        with open(manifest_path) as f:
-            m = json.load(f)
-        present = os.path.isfile(os.path.join(in_dir, 'manifest.json')) or glob.glob(
-            os.path.join(in_dir, '**', '*.parquet'), recursive=True)
-        sources = list_sources(in_dir) if present else m.get('sources', [])
-        check_same_run('shards', m, run_config, sources)
-        shutil.rmtree(work, ignore_errors=True)  # left over if a kill came right after the manifest
-        print(f"{out_dir} is complete ({len(m['train'])} train shards, {len(m['val'])} val files, "
-              f"{m['tokens']['train'] + m['tokens']['val']:,} tokens); nothing to do")
-        return
-
-    progress = None
     if os.path.isfile(progress_path):
         with open(progress_path) as f:
             progress = json.load(f)
@@ -344,10 +342,7 @@ def main():
         if made:
             die(f"out_dir '{out_dir}' holds {os.path.basename(made[0])} but no manifest.json or work/progress.json, "
                 f"so its config is unknown; pass a new --out_dir or delete '{out_dir}'")
-
-    # --- resume: put the work folder back exactly as the last recorded progress left it
-    os.makedirs(work, exist_ok=True)
-    if progress is None:
+        os.makedirs(work, exist_ok=True)
         progress = dict(config=run_config, sources=[dict(name=s['name'], size=s['size']) for s in sources],
                         merged=0, shard=0, fill=0, hashes=[],
                         val_tokens={language_slug(lang): 0 for lang in langs},
@@ -355,129 +350,132 @@ def main():
                                           for split in ('train', 'val')} for lang in langs},
                         dropped=dict.fromkeys(DROP_REASONS, 0), replaced=0)
         write_json(progress_path, progress)
-    merged, shard, fill = progress['merged'], progress['shard'], progress['fill']
-    partial_path = os.path.join(work, f"train_{shard:06d}.bin")
+    partial = partial_path(work, progress)
     for name in os.listdir(work):
         p = os.path.join(work, name)
         stale = ('.tmp' in name  # a killed writer's temp file
-                 or (name.startswith('train_') and p != partial_path)  # a shard finished after the last record
-                 or (name[:6].isdigit() and int(name[:6]) < merged))  # merged before the kill, not yet deleted
+                 or (name.startswith('train_') and p != partial)  # a shard finished after the last record
+                 or (name[:6].isdigit() and int(name[:6]) < progress['merged']))  # merged before the kill, not yet deleted
         if stale:
             os.remove(p)
     for name in os.listdir(out_dir):  # a shard or manifest whose atomic write a kill interrupted
         if re.fullmatch(r'(train_\d+\.npy|val_.+\.npy|manifest\.json)\.tmp\d+', name):
             os.remove(os.path.join(out_dir, name))
-    for p, n in [(partial_path, fill)] + [(os.path.join(work, f"val_{slug}.bin"), n)
-                                           for slug, n in progress['val_tokens'].items()]:
+    for p, n in [(partial, progress['fill'])] + [(os.path.join(work, f"val_{slug}.bin"), n)
+                                                 for slug, n in progress['val_tokens'].items()]:
         with open(p, 'ab') as f:
             f.truncate(n * 2)  # drop whatever was appended after the last record
+    return progress
 
-    # --- tokenize in parallel, merge in input order
+
+def partial_path(work, progress):
+    """The train shard being filled: work/train_<shard>.bin, published to out_dir when full."""
+    return os.path.join(work, f"train_{progress['shard']:06d}.bin")
+
+
+def merge(k, done, progress, work):
+    """Append file k's temp tokens to the train shards and (up to the cap) the val files, then record it."""
+    out = open(partial_path(work, progress), 'ab')
+    with open(os.path.join(work, f"{k:06d}.train.bin"), 'rb') as f:
+        while chunk := f.read(COPY_BYTES):
+            chunk = memoryview(chunk)
+            while len(chunk):
+                take = min(len(chunk), (shard_tokens - progress['fill']) * 2)
+                out.write(chunk[:take])
+                chunk, progress['fill'] = chunk[take:], progress['fill'] + take // 2
+                if progress['fill'] == shard_tokens:  # a full shard: publish it, start the next partial
+                    out.close()
+                    save_shard(os.path.join(out_dir, train_name(progress['shard'])),
+                               np.memmap(partial_path(work, progress), DTYPE, 'r'))
+                    progress['shard'], progress['fill'] = progress['shard'] + 1, 0
+                    out = open(partial_path(work, progress), 'wb')
+    out.flush()
+    os.fsync(out.fileno())
+    out.close()
+    val = np.fromfile(os.path.join(work, f"{k:06d}.val.bin"), dtype=DTYPE)
+    offset, vals = 0, {}
+    for lang, ntok, nbytes in done['val_docs']:  # the cap goes by input order, so it is deterministic
+        slug = language_slug(lang)
+        if ((val_max_tokens and progress['val_tokens'][slug] + ntok > val_max_tokens) or
+                (val_max_bytes and progress['languages'][lang]['val']['bytes'] + nbytes > val_max_bytes)):
+            progress['dropped']['val_cap'] += 1
+        else:
+            vals.setdefault(slug, []).append(val[offset:offset + ntok])
+            progress['val_tokens'][slug] += ntok
+            st = progress['languages'][lang]['val']
+            st['documents'] += 1
+            st['bytes'] += nbytes
+            st['tokens'] += ntok
+        offset += ntok
+    for slug, arrays in vals.items():
+        with open(os.path.join(work, f"val_{slug}.bin"), 'ab') as f:
+            np.concatenate(arrays).tofile(f)
+            f.flush()
+            os.fsync(f.fileno())
+    for lang, st in done['train'].items():
+        for key, v in st.items():
+            progress['languages'][lang]['train'][key] += v
+    for reason, n in done['dropped'].items():
+        progress['dropped'][reason] += n
+    progress['replaced'] += done['replaced']
+    progress['hashes'].append(done['sha256'])
+    progress['merged'] = k + 1
+    write_json(os.path.join(work, 'progress.json'), progress)  # the commit point: file k is in
+    keep = os.path.basename(partial_path(work, progress))
+    for name in os.listdir(work):
+        if name.startswith(f"{k:06d}.") or (name.startswith('train_') and name != keep):
+            os.remove(os.path.join(work, name))
+
+
+def tokenize_all(sources, progress, work, langs, lics):
+    """Tokenize the files not merged yet in parallel, merging each in input order as it is ready.
+    Returns {'tokens', 'peak_rss', 'worker_cpu'} of this run's workers."""
     import multiprocessing as mp
     from collections import deque
     from tqdm import tqdm
-    settings = dict(encoding=encoding, languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed, min_chars=min_chars,
-                    max_file_bytes=max_file_bytes, max_line_length=max_line_length, batch_rows=batch_rows)
-    def merge(k, done):
-        """Append file k's temp tokens to the train shards and (up to the cap) the val files, then record it."""
-        nonlocal shard, fill, partial_path
-        out = open(partial_path, 'ab')
-        with open(os.path.join(work, f"{k:06d}.train.bin"), 'rb') as f:
-            while chunk := f.read(COPY_BYTES):
-                chunk = memoryview(chunk)
-                while len(chunk):
-                    take = min(len(chunk), (shard_tokens - fill) * 2)
-                    out.write(chunk[:take])
-                    chunk, fill = chunk[take:], fill + take // 2
-                    if fill == shard_tokens:  # a full shard: publish it, start the next partial
-                        out.close()
-                        save_shard(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
-                        shard, fill = shard + 1, 0
-                        partial_path = os.path.join(work, f"train_{shard:06d}.bin")
-                        out = open(partial_path, 'wb')
-        out.flush()
-        os.fsync(out.fileno())
-        out.close()
-        val = np.fromfile(os.path.join(work, f"{k:06d}.val.bin"), dtype=DTYPE)
-        offset, vals = 0, {}
-        for lang, ntok, nbytes in done['val_docs']:  # the cap goes by input order, so it is deterministic
-            slug = language_slug(lang)
-            if ((val_max_tokens and progress['val_tokens'][slug] + ntok > val_max_tokens) or
-                    (val_max_bytes and progress['languages'][lang]['val']['bytes'] + nbytes > val_max_bytes)):
-                progress['dropped']['val_cap'] += 1
+    settings = dict(encoding=encoding, languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed,
+                    min_chars=min_chars, max_file_bytes=max_file_bytes, max_line_length=max_line_length,
+                    batch_rows=batch_rows)
+    stats = dict(tokens=0, peak_rss=0.0, worker_cpu=0.0)
+    todo = list(range(progress['merged'], len(sources)))
+    if not todo:
+        return stats
+    t0 = time.time()
+    job = lambda k: dict(index=k, path=sources[k]['path'], sha256=sources[k]['sha256'], work=work, settings=settings)
+    # workers are spawned, not forked: pyarrow's and tiktoken's threads do not survive a fork
+    with mp.get_context('spawn').Pool(min(workers, len(todo))) as pool:
+        pending, queue = deque(), deque(todo)
+        bar = tqdm(total=len(sources), initial=progress['merged'], unit='file', desc='tokenize', dynamic_ncols=True)
+        while pending or queue:
+            # keep every worker busy with at most 2x workers files in flight (their temps on disk)
+            while queue and len(pending) < 2 * workers:
+                k = queue.popleft()
+                done_path = os.path.join(work, f"{k:06d}.done.json")
+                pending.append((k, done_path if os.path.isfile(done_path) else pool.apply_async(tokenize_file, (job(k),))))
+            k, res = pending.popleft()
+            if isinstance(res, str):  # tokenized before a kill, not yet merged
+                with open(res) as f:
+                    done = json.load(f)
             else:
-                vals.setdefault(slug, []).append(val[offset:offset + ntok])
-                progress['val_tokens'][slug] += ntok
-                st = progress['languages'][lang]['val']
-                st['documents'] += 1
-                st['bytes'] += nbytes
-                st['tokens'] += ntok
-            offset += ntok
-        for slug, arrays in vals.items():
-            with open(os.path.join(work, f"val_{slug}.bin"), 'ab') as f:
-                np.concatenate(arrays).tofile(f)
-                f.flush()
-                os.fsync(f.fileno())
-        for lang, st in done['train'].items():
-            for key, v in st.items():
-                progress['languages'][lang]['train'][key] += v
-        for reason, n in done['dropped'].items():
-            progress['dropped'][reason] += n
-        progress['replaced'] += done['replaced']
-        progress['hashes'].append(done['sha256'])
-        progress.update(merged=k + 1, shard=shard, fill=fill)
-        write_json(progress_path, progress)  # the commit point: file k is in
-        for name in os.listdir(work):
-            if name.startswith(f"{k:06d}.") or (name.startswith('train_') and name != os.path.basename(partial_path)):
-                os.remove(os.path.join(work, name))
+                done = res.get()
+                if 'error' in done:
+                    bar.close()
+                    pool.terminate()
+                    die(done['error'])  # the files before it stay merged: fix this one and rerun
+                stats['tokens'] += sum(st['tokens'] for st in done['train'].values()) + sum(d[1] for d in done['val_docs'])
+                stats['peak_rss'] = max(stats['peak_rss'], done['peak_rss_mib'])
+                stats['worker_cpu'] += done['cpu_seconds']
+            merge(k, done, progress, work)
+            bar.update(1)
+            bar.set_postfix(tok_per_s=f"{stats['tokens'] / (time.time() - t0):,.0f}", shards=progress['shard'])
+        bar.close()
+    return stats
 
-    def job(k):
-        src = sources[k]
-        return dict(index=k, path=src['path'], sha256=src['sha256'], work=work, settings=settings)
 
-    todo = list(range(merged, len(sources)))
-    new_tokens, peak_rss, worker_cpu, t_work = 0, 0.0, 0.0, time.time()
-    if todo:
-        # workers are spawned, not forked: pyarrow's and tiktoken's threads do not survive a fork
-        with mp.get_context('spawn').Pool(min(workers, len(todo))) as pool:
-            pending, queue = deque(), deque(todo)
-            bar = tqdm(total=len(sources), initial=merged, unit='file', desc='tokenize', dynamic_ncols=True)
-            while pending or queue:
-                # keep every worker busy with at most 2x workers files in flight (their temps on disk)
-                while queue and len(pending) < 2 * workers:
-                    k = queue.popleft()
-                    done_path = os.path.join(work, f"{k:06d}.done.json")
-                    pending.append((k, done_path if os.path.isfile(done_path) else pool.apply_async(tokenize_file, (job(k),))))
-                k, res = pending.popleft()
-                if isinstance(res, str):  # tokenized before a kill, not yet merged
-                    with open(res) as f:
-                        done = json.load(f)
-                else:
-                    done = res.get()
-                    if 'error' in done:
-                        bar.close()
-                        pool.terminate()
-                        die(done['error'])  # the files before it stay merged: fix this one and rerun
-                    new_tokens += sum(st['tokens'] for st in done['train'].values()) + sum(d[1] for d in done['val_docs'])
-                    peak_rss = max(peak_rss, done['peak_rss_mib'])
-                    worker_cpu += done['cpu_seconds']
-                merge(k, done)
-                bar.update(1)
-                bar.set_postfix(tok_per_s=f"{new_tokens / (time.time() - t_work):,.0f}", shards=shard)
-            bar.close()
-
-    # --- finish: the last partial shard, the val files, then the manifest (which marks the run done)
+def finish(sources, progress, work, langs, run_config):
+    """Publish the last partial shard and the val files, then the manifest (which marks the run done)."""
+    shard, fill = progress['shard'], progress['fill']
     train = [dict(file=train_name(i), tokens=shard_tokens) for i in range(shard)]
-    if fill:
-        save_shard(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path, DTYPE, 'r'))
-        train.append(dict(file=train_name(shard), tokens=fill))
-    val = []
-    for lang in langs:
-        slug, st = language_slug(lang), progress['languages'][lang]['val']
-        if st['tokens']:
-            save_shard(os.path.join(out_dir, val_name(slug)), np.memmap(os.path.join(work, f"val_{slug}.bin"), DTYPE, "r"))
-            val.append(dict(file=val_name(slug), language=lang, tokens=st['tokens'], bytes=st['bytes'],
-                            documents=st['documents']))
     stats = progress['languages']
     total = {key: {split: sum(st[split][key] for st in stats.values()) for split in ('train', 'val')}
              for key in ('documents', 'tokens')}
@@ -485,36 +483,69 @@ def main():
         drops = ', '.join(f"{r} {n:,}" for r, n in progress['dropped'].items() if n)
         die(f"the filters dropped every document of {len(sources)} files ({drops or 'the files hold no rows'}); "
             f"loosen --languages, --licenses, --min_chars, --max_file_bytes or --max_line_length")
+    if fill:
+        save_shard(os.path.join(out_dir, train_name(shard)), np.memmap(partial_path(work, progress), DTYPE, 'r'))
+        train.append(dict(file=train_name(shard), tokens=fill))
+    val = []
+    for lang in langs:
+        slug, st = language_slug(lang), stats[lang]['val']
+        if st['tokens']:
+            save_shard(os.path.join(out_dir, val_name(slug)), np.memmap(os.path.join(work, f"val_{slug}.bin"), DTYPE, "r"))
+            val.append(dict(file=val_name(slug), language=lang, tokens=st['tokens'], bytes=st['bytes'],
+                            documents=st['documents']))
     # what the encoding buys on this data: UTF-8 bytes per token (EOTs counted), train and val together
     bytes_per_token = {lang: round((st['train']['bytes'] + st['val']['bytes']) /
                                    (st['train']['tokens'] + st['val']['tokens']), 4)
                        for lang, st in stats.items() if st['train']['tokens'] + st['val']['tokens']}
     manifest = dict(encoding=encoding, eot=EOT, vocab_size=get_encoding(encoding).n_vocab, dtype=np.dtype(DTYPE).name,
                     train=train, val=val, documents=total['documents'], tokens=total['tokens'],
-                    languages=stats, bytes_per_token=bytes_per_token, dropped=progress['dropped'], replaced_utf8=progress['replaced'],
+                    languages=stats, bytes_per_token=bytes_per_token, dropped=progress['dropped'],
+                    replaced_utf8=progress['replaced'],
                     sources=[dict(name=s['name'], size=s['size'], sha256=h) for s, h in zip(sources, progress['hashes'])],
                     config=run_config)
-    write_json(manifest_path, manifest)
+    write_json(os.path.join(out_dir, 'manifest.json'), manifest)
     shutil.rmtree(work)
+    return manifest
 
-    # --- summary
-    dt = time.time() - t_start
-    docs = total['documents']['train'] + total['documents']['val']
-    tokens = total['tokens']['train'] + total['tokens']['val']
-    drops = ', '.join(f"{r} {n:,}" for r, n in progress['dropped'].items() if n) or 'none'
-    rate = (f"{new_tokens / dt:,.0f} tokens/s with workers={workers} ({new_tokens / worker_cpu:,.0f} per worker "
-            f"CPU-second), peak RSS per worker {peak_rss:.0f} MiB, main {peak_rss_mib():.0f} MiB" if new_tokens else "all files were tokenized before a restart")
-    print(f"tokenized {docs:,} documents ({total['documents']['val']:,} val) into {tokens:,} tokens "
-          f"({total['tokens']['val']:,} val) from {len(sources)} files in {dt:.1f}s, {rate}; "
-          f"wrote {len(train)} train shards and "
-          f"{len(val)} val files to {out_dir}; dropped: {drops}; invalid UTF-8 replaced in "
-          f"{progress['replaced']:,} documents")
+
+def print_summary(manifest, sources, stats, seconds):
+    total, dropped = manifest['documents'], manifest['dropped']
+    docs = total['train'] + total['val']
+    tokens = manifest['tokens']['train'] + manifest['tokens']['val']
+    drops = ', '.join(f"{r} {n:,}" for r, n in dropped.items() if n) or 'none'
+    rate = (f"{stats['tokens'] / seconds:,.0f} tokens/s with workers={workers} ({stats['tokens'] / stats['worker_cpu']:,.0f} "
+            f"per worker CPU-second), peak RSS per worker {stats['peak_rss']:.0f} MiB, main {peak_rss_mib():.0f} MiB"
+            if stats['tokens'] else "all files were tokenized before a restart")
+    print(f"tokenized {docs:,} documents ({total['val']:,} val) into {tokens:,} tokens "
+          f"({manifest['tokens']['val']:,} val) from {len(sources)} files in {seconds:.1f}s, {rate}; "
+          f"wrote {len(manifest['train'])} train shards and {len(manifest['val'])} val files to {out_dir}; "
+          f"dropped: {drops}; invalid UTF-8 replaced in {manifest['replaced_utf8']:,} documents")
+    langs = manifest['languages']
     print(f"bytes per token ({encoding}): " + ', '.join(
-        f"{lang} {bpt:.2f}" for lang, bpt in sorted(bytes_per_token.items(), key=lambda kv: -stats[kv[0]]['train']['bytes'])))
-    no_val = [lang for lang, st in stats.items() if st['train']['documents'] and not st['val']['documents']]
+        f"{lang} {bpt:.2f}" for lang, bpt in sorted(manifest['bytes_per_token'].items(),
+                                                     key=lambda kv: -langs[kv[0]]['train']['bytes'])))
+    no_val = [lang for lang, st in langs.items() if st['train']['documents'] and not st['val']['documents']]
     if no_val:  # few repositories (a small local source): the hash held none of them out
         print(f"warning: no val documents for {', '.join(no_val)}: too few repositories for "
               f"val_fraction={val_fraction}; raise --val_fraction (in a new --out_dir) to get a val set for them")
+
+
+def main():
+    t_start = time.time()
+    langs, lics, run_config = check_config()
+    manifest_path = os.path.join(out_dir, 'manifest.json')
+    if not os.path.isfile(manifest_path):  # bad input is refused before out_dir is touched
+        sources = list_sources(in_dir)
+        for src in sources:
+            check_parquet(src['path'])
+    lock = lock_dir(out_dir, 'tokenize_github_code.py')  # noqa: F841 (held until the process ends)
+    if os.path.isfile(manifest_path):
+        return report_finished(manifest_path, run_config)
+    work = os.path.join(out_dir, 'work')
+    progress = resume(work, run_config, sources, langs)
+    stats = tokenize_all(sources, progress, work, langs, lics)
+    manifest = finish(sources, progress, work, langs, run_config)
+    print_summary(manifest, sources, stats, time.time() - t_start)
 
 
 if __name__ == '__main__':

@@ -191,3 +191,10 @@ def test_device_cuda_without_a_gpu_is_one_line():
     with pytest.raises(SystemExit):
         setup_device('tpu', 'float32')
     assert setup_device('cpu', 'float32')[0] == 'cpu'
+
+
+def test_constants_are_not_config_keys():
+    g = dict(batch_size=12, EOT=50256, LATEST='ckpt.pt')
+    assert configure(g, []) == dict(batch_size=12)
+    with pytest.raises(SystemExit):
+        configure(g, ['--EOT=1'])

@@ -58,7 +58,7 @@ def test_canonical_solutions_pass_all_164(tmp_path):
     failed = [(r['task_id'], r['results']) for r in lines if r['passed'] != 1]
     assert s['problems'] == 164 and s['solved'] == 164 and s['pass@1'] == 1.0, failed
     assert len(lines) == 164 and lines[0]['task_id'] == 'HumanEval/0'
-    assert time.time() - t0 < 90
+    assert time.time() - t0 < 600  # generous: a hung completion would take the whole run
 
 
 @needs_problems
@@ -91,7 +91,7 @@ def test_infinite_loop_times_out_and_leaves_nothing_running(uid):
     t0 = time.time()
     assert sandbox.run('while True:\n    pass\n', timeout=1.5, uid=uid, python=PYTHON) == 'timed out'
     assert sandbox.run('import time\ntime.sleep(60)\n', timeout=1.0, uid=uid, python=PYTHON) == 'timed out'
-    assert time.time() - t0 < 6
+    assert time.time() - t0 < 30  # generous: the limits bind, nothing waits for the 60 s sleep
     if uid is not None:
         assert uid_processes(uid) == 0
 
@@ -191,12 +191,15 @@ def test_exiting_early_and_huge_files_count_as_failures(uid):
 
 
 def test_many_completions_run_in_parallel_workers():
-    pool, check = sandbox.start_pool(2, uid_base=UID, python=PYTHON, timeout=3)
-    t0 = time.time()
-    futures = [pool.submit(check, 'import time\ntime.sleep(0.5)\n') for _ in range(4)]
-    assert [f.result() for f in futures] == ['passed'] * 4
-    pool.shutdown()
-    assert time.time() - t0 < 1.9  # 4 x 0.5 s on 2 workers, not one after another
+    def seconds(n_workers):
+        pool, check = sandbox.start_pool(n_workers, uid_base=UID, python=PYTHON, timeout=5)
+        t0 = time.time()
+        futures = [pool.submit(check, 'import time\ntime.sleep(1.0)\n') for _ in range(4)]
+        assert [f.result() for f in futures] == ['passed'] * 4
+        pool.shutdown()
+        return time.time() - t0
+    # relative, not a wall-clock bound: 4 one-second sleeps take ~2 s on 2 workers, ~4 s on 1
+    assert seconds(2) < 0.8 * seconds(1)
 
 
 # ----------------------------------------------------------------------------- end to end
