@@ -35,7 +35,6 @@ pin = True  # run each measurement on its own physical cores (one hyperthread ea
 # -----------------------------------------------------------------------------
 ROOT = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, ROOT)
-os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(ROOT, '..', 'shared', 'tiktoken_cache'))
 from configurator import configure  # noqa: E402
 config = configure(globals())
 

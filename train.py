@@ -99,9 +99,8 @@ ddp = int(os.environ.get('RANK', -1)) != -1  # launched by torchrun?
 if ddp:
     rank, local_rank, world = int(os.environ['RANK']), int(os.environ['LOCAL_RANK']), int(os.environ['WORLD_SIZE'])
     if device.startswith('cuda'):
-        device = f'cuda:{local_rank}'
-        setup_device(device, dtype)  # that GPU is there, before any CUDA call
-        torch.cuda.set_device(device)
+        setup_device(f'cuda:{local_rank}', dtype)  # that GPU is there, before any CUDA call
+        torch.cuda.set_device(f'cuda:{local_rank}')
     dist.init_process_group(backend=backend if device.startswith('cuda') else 'gloo')
 else:
     rank, local_rank, world = 0, 0, 1
@@ -131,7 +130,8 @@ say(f"tokens per step: {tokens_per_iter:,} ({world} rank(s) x {accum} micro-batc
 torch.manual_seed(seed)  # the same init on every rank
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
-device_type, ptdtype, autocast = setup_device(device, dtype)
+rank_device = f'cuda:{local_rank}' if ddp and device.startswith('cuda') else device  # this rank's device
+device_type, ptdtype, autocast = setup_device(rank_device, dtype)
 
 # --- data: memory-map every shard once ---------------------------------------------------------
 manifest, train_shards, val_sets = shards.open_shards(data_dir)
@@ -155,7 +155,7 @@ pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffer
 
 
 def fetch(step, first_row, rows, seed=seed):
-    """Rows first_row.. of step `step`'s batch on the device as (x, y), each (rows, T); async copy on CUDA."""
+    """Rows first_row.. of step `step`'s batch on this rank's device as (x, y), each (rows, T); async copy on CUDA."""
     args = (train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
     kw = dict(n_vocab=data_vocab)
     if device_type == 'cuda':
@@ -168,11 +168,11 @@ def fetch(step, first_row, rows, seed=seed):
             buf, done = ring.pop(0)
             done.synchronize()
         shards.get_batch(*args, out=buf.numpy(), **kw)  # the windows go straight into pinned memory
-        xy = buf.to(device, non_blocking=True)  # the copy overlaps the GPU's work
+        xy = buf.to(rank_device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
-        xy = torch.from_numpy(shards.get_batch(*args, **kw)).to(device)
+        xy = torch.from_numpy(shards.get_batch(*args, **kw)).to(rank_device)
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 
 
@@ -186,8 +186,13 @@ for lang, tokens in val_sets.items():
         say(f"note: skipping val language {lang}: {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
         continue
     val_batches[lang] = torch.from_numpy(w)
+if not manifest['val']:
+    die(f"{data_dir} has no val set: the tokenize stage held no repository out; rerun it into a new --out_dir "
+        f"with a larger --val_fraction")
 if not val_batches:
-    die(f"no val set in {data_dir} has block_size+1 = {block_size + 1} tokens; lower --block_size")
+    longest = max(len(t) for t in val_sets.values())
+    die(f"no val set in {data_dir} has block_size+1 = {block_size + 1} tokens (the longest has {longest}); "
+        f"lower --block_size to at most {longest - 1}, or tokenize with a larger --val_fraction")
 
 # --- model and optimizer ----------------------------------------------------------------------
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
@@ -199,8 +204,11 @@ if zero_init_proj:
         torch.nn.init.zeros_(block.mlp.c_proj.weight)
 torch.manual_seed(seed + rank)  # dropout masks differ per rank
 say(f"parameters: {model.num_params() / 1e6:.2f}M total, {model.num_params(non_embedding=True) / 1e6:.2f}M non-embedding")
-iter_num, best_val_loss, best_iter, evals_since_best, last_eval_iter = 0, float('inf'), None, 0, None
-tokens_seen, elapsed_before, train_seconds, last_eval_sched = 0, 0.0, 0.0, -1.0
+# the run's progress, saved as is in every checkpoint (beside the model, optimizer and RNG states) and
+# read back on resume: the step, the best val loss and where, the early-stop count, the last eval's
+# step (and its step-equivalent on a time budget), tokens seen, wall and training seconds so far
+run = dict(iter_num=0, best_val_loss=float('inf'), best_iter=None, evals_since_best=0, last_eval_iter=None,
+           last_eval_sched=-1.0, tokens_seen=0, elapsed=0.0, train_seconds=0.0)
 ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
 if master:
     lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
@@ -223,24 +231,21 @@ if init_from == 'resume':
         die(f"{ckpt_path} was trained on {encoding_of(ckpt)} tokens but {data_dir} holds {encoding}; "
             f"pass its token directory or a fresh --out_dir")
     model.load_state_dict(ckpt['model'])
-    iter_num, best_val_loss, best_iter = ckpt['iter_num'], ckpt['best_val_loss'], ckpt['best_iter']
-    train_seconds, last_eval_sched = ckpt.get('train_seconds', 0.0), ckpt.get('last_eval_sched', -1.0)
-    evals_since_best, last_eval_iter = ckpt['evals_since_best'], ckpt['last_eval_iter']
-    tokens_seen, elapsed_before = ckpt['tokens_seen'], ckpt['elapsed']
+    run.update({k: ckpt[k] for k in run if k in ckpt})  # train_seconds and last_eval_sched are newer keys
     rng = ckpt['rng'][rank] if len(ckpt['rng']) == world else None
     if rng is not None:  # same world size: each rank continues its own dropout stream
         torch.set_rng_state(rng['cpu'])
         if device_type == 'cuda' and 'cuda' in rng:
             torch.cuda.set_rng_state(rng['cuda'])
     else:
-        torch.manual_seed(seed + rank + iter_num)
-    say(f"resuming from {ckpt_path} at step {iter_num}")
+        torch.manual_seed(seed + rank + run['iter_num'])
+    say(f"resuming from {ckpt_path} at step {run['iter_num']}")
 elif init_from != 'scratch':
     die(f"init_from='{init_from}' is not 'scratch' or 'resume'")
 elif os.path.isfile(ckpt_path) and not overwrite:
     die(f"{out_dir} already holds a run's checkpoint ({ckpt_path}); continue it with --init_from=resume, "
         f"train into a new --out_dir, or pass --overwrite=True to start over and replace it")
-model.to(device)
+model.to(rank_device)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))  # float16 needs loss scaling
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == 'muon' else None
 optimizers = model.configure_optimizers(weight_decay, learning_rate, (beta1, beta2), device_type, muon)
@@ -259,7 +264,7 @@ def fits(rows):
     compiled, so what fits here fits in training. The RNG states are put back: the trial draws nothing."""
     rng = torch.cuda.get_rng_state(), torch.get_rng_state()
     try:
-        idx = torch.zeros(rows, block_size, dtype=torch.long, device=device)
+        idx = torch.zeros(rows, block_size, dtype=torch.long, device=rank_device)
         with autocast:
             _, loss = model(idx, idx)
         loss.backward()
@@ -321,7 +326,7 @@ def get_lr(it):
 def schedule_step():
     """Where the schedule and evals stand: the step, or in max_seconds mode the share of the time
     budget spent, in steps of max_iters."""
-    return max_iters * train_seconds / max_seconds if max_seconds else iter_num
+    return max_iters * run['train_seconds'] / max_seconds if max_seconds else run['iter_num']
 
 
 # --- eval --------------------------------------------------------------------------------------
@@ -333,11 +338,11 @@ def evaluate():
     """
     eval_model.eval()
     names = list(val_batches) + ['train']
-    sums = torch.zeros(len(names), 2, device=device)  # (languages + train, [loss * windows, windows])
+    sums = torch.zeros(len(names), 2, device=rank_device)  # (languages + train, [loss * windows, windows])
     for i, lang in enumerate(val_batches):
         w = val_batches[lang]
         for b in range(rank * eval_rows, len(w), world * eval_rows):
-            xy = w[b:b + eval_rows].to(device)
+            xy = w[b:b + eval_rows].to(rank_device)
             # a language's last, partial batch runs eager: under torch.compile a new batch size recompiles
             run = eval_model if len(xy) == eval_rows else raw_model
             with autocast:
@@ -368,7 +373,8 @@ if wandb_log and master:
     import wandb
     wandb_run = wandb.init(project=wandb_project, name=wandb_run_name, config=config, dir=out_dir)
 t_start = time.time()  # this run's clock (reset when the loop starts): elapsed time in checkpoints and logs
-last_save_iter = iter_num if init_from == 'resume' else None  # the step ckpt.pt holds
+elapsed_before = run['elapsed']  # wall seconds of the earlier runs this one resumes
+last_save_iter = run['iter_num'] if init_from == 'resume' else None  # the step ckpt.pt holds
 
 
 def log(event, **fields):
@@ -417,19 +423,17 @@ def save(*paths):
         dist.all_gather_object(rngs, rng)
     if not master:
         return
+    run['elapsed'] = elapsed_before + time.time() - t_start
     state = {
         'model': raw_model.state_dict(), 'optimizer': optimizers[0].state_dict(),
         'muon': optimizers[1].state_dict() if len(optimizers) > 1 else None, 'scaler': scaler.state_dict(),
-        'model_args': model_args, 'config': config, 'encoding': encoding, 'iter_num': iter_num,
-        'best_val_loss': best_val_loss, 'best_iter': best_iter, 'evals_since_best': evals_since_best,
-        'last_eval_iter': last_eval_iter, 'tokens_seen': tokens_seen, 'train_seconds': train_seconds, 'last_eval_sched': last_eval_sched,
-        'elapsed': elapsed_before + time.time() - t_start, 'rng': rngs,
+        'model_args': model_args, 'config': config, 'encoding': encoding, 'rng': rngs, **run,
     }
     # ckpt_best.pt before ckpt.pt: ckpt.pt records the new best, so a kill between the two writes
     # must leave ckpt.pt older (the resumed run redoes this eval), never ckpt_best.pt
     for path in sorted(paths, key=lambda p: p != best_path):
         save_checkpoint(state, path)
-        log('checkpoint', iter=iter_num, path=path)
+        log('checkpoint', iter=run['iter_num'], path=path)
 
 
 stop_signal = False
@@ -449,13 +453,13 @@ signal.signal(signal.SIGINT, on_signal)
 def stop_agreed():
     if not ddp:
         return stop_signal
-    flag = torch.tensor([float(stop_signal)], device=device)
+    flag = torch.tensor([float(stop_signal)], device=rank_device)
     dist.all_reduce(flag, op=dist.ReduceOp.MAX)  # one rank signalled: all stop at the same step
     return flag.item() > 0
 
 
 NO_BAD_STEP = 2**62
-first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=device)  # first step with a non-finite loss
+first_bad = torch.full((), NO_BAD_STEP, dtype=torch.int64, device=rank_device)  # first step with a non-finite loss
 
 
 def check_finite():
@@ -484,36 +488,36 @@ def gpu_energy_joules():
 
 
 # --- training loop -----------------------------------------------------------------------------
-log('start', iter=iter_num, init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
+log('start', iter=run['iter_num'], init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
     micro_batch=micro_batch, accum=accum,
     params=raw_model.num_params(), config=config)
 t_start = time.time()
 energy_start = gpu_energy_joules()
-start_tokens = tokens_seen
+start_tokens = run['tokens_seen']
 stop_reason = 'max_iters'
 first_row = lambda micro: (rank * accum + micro) * micro_batch  # this rank's rows of the step's batch
-x, y = fetch(iter_num, first_row(0), micro_batch)
+x, y = fetch(run['iter_num'], first_row(0), micro_batch)
 data_time = 0.0  # host seconds spent fetching batches since the last log line
 steps_this_run = 0
 t_log, iters_since_log = time.time(), 0
 while True:
     # a signal: write ckpt.pt at the end of the step and leave. DDP ranks vote only at log steps,
     # since a collective every step would be a host sync every step
-    if (not ddp or iter_num % log_interval == 0) and stop_agreed():
+    if (not ddp or run['iter_num'] % log_interval == 0) and stop_agreed():
         check_finite()
-        if last_save_iter != iter_num:
+        if last_save_iter != run['iter_num']:
             save(ckpt_path)
-        log('stopped', iter=iter_num, reason='signal')
-        say(f"stopped by signal at step {iter_num}; resume with --init_from=resume --out_dir={out_dir}")
+        log('stopped', iter=run['iter_num'], reason='signal')
+        say(f"stopped by signal at step {run['iter_num']}; resume with --init_from=resume --out_dir={out_dir}")
         stop_reason = 'signal'
         break
 
     # eval and checkpoint (skipped when the checkpoint we resumed from already has this step's eval);
     # in max_seconds mode, each time the budget's clock passes another eval_interval of step-equivalents
-    at_end = train_seconds >= max_seconds if max_seconds else iter_num >= max_iters
-    due = (schedule_step() // eval_interval > last_eval_sched // eval_interval if max_seconds
-           else iter_num % eval_interval == 0)
-    if (due or at_end) and last_eval_iter != iter_num:
+    at_end = run['train_seconds'] >= max_seconds if max_seconds else run['iter_num'] >= max_iters
+    due = (schedule_step() // eval_interval > run['last_eval_sched'] // eval_interval if max_seconds
+           else run['iter_num'] % eval_interval == 0)
+    if (due or at_end) and run['last_eval_iter'] != run['iter_num']:
         check_finite()
         losses = evaluate()
         val = {lang: losses[lang] for lang in val_batches}
@@ -522,25 +526,25 @@ while True:
         bpb = {k: shards.bits_per_byte(val[k], val_tokens[k]['tokens'], val_tokens[k]['bytes']) for k in val}
         # all languages: total bits over total bytes, comparable across encodings
         val_bpb = shards.bits_per_byte(sum(val[k] * weights[k] for k in val), 1, sum(val_tokens[k]['bytes'] for k in val))
-        say(f"eval step {iter_num}: val loss {val_loss:.4f} ({val_bpb:.4f} bpb), train loss {losses['train']:.4f} | " +
+        say(f"eval step {run['iter_num']}: val loss {val_loss:.4f} ({val_bpb:.4f} bpb), train loss {losses['train']:.4f} | " +
             ', '.join(f"{k} {val[k]:.3f} ({bpb[k]:.3f} bpb)" for k in val))
-        log('eval', iter=iter_num, val_loss=val_loss, val_bpb=val_bpb, train_loss=losses['train'], tokens=tokens_seen,
-            train_seconds=train_seconds, val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
-        last_eval_iter, last_eval_sched = iter_num, schedule_step()
-        improved = val_loss < best_val_loss
+        log('eval', iter=run['iter_num'], val_loss=val_loss, val_bpb=val_bpb, train_loss=losses['train'], tokens=run['tokens_seen'],
+            train_seconds=run['train_seconds'], val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
+        run['last_eval_iter'], run['last_eval_sched'] = run['iter_num'], schedule_step()
+        improved = val_loss < run['best_val_loss']
         if improved:
-            best_val_loss, best_iter, evals_since_best = val_loss, iter_num, 0
+            run.update(best_val_loss=val_loss, best_iter=run['iter_num'], evals_since_best=0)
         else:
-            evals_since_best += 1
+            run['evals_since_best'] += 1
         save(ckpt_path, *([best_path] if improved else []))
-        last_save_iter = iter_num
+        last_save_iter = run['iter_num']
         if master:
             plot_losses()
-        if early_stop_patience and evals_since_best >= early_stop_patience:
-            msg = (f"early stop at step {iter_num}: no better val loss in {evals_since_best} evals; "
-                   f"best {best_val_loss:.4f} at step {best_iter} is in {best_path}")
+        if early_stop_patience and run['evals_since_best'] >= early_stop_patience:
+            msg = (f"early stop at step {run['iter_num']}: no better val loss in {run['evals_since_best']} evals; "
+                   f"best {run['best_val_loss']:.4f} at step {run['best_iter']} is in {best_path}")
             say(msg)
-            log('early_stop', iter=iter_num, best_val_loss=best_val_loss, best_iter=best_iter, message=msg)
+            log('early_stop', iter=run['iter_num'], best_val_loss=run['best_val_loss'], best_iter=run['best_iter'], message=msg)
             stop_reason = 'early_stop'
             break
         t_log, iters_since_log, data_time = time.time(), 0, 0.0  # eval time is not step time
@@ -555,7 +559,7 @@ while True:
     for opt, peak_lr in zip(optimizers, (learning_rate, muon_lr)):  # Muon follows AdamW's schedule, scaled
         for group in opt.param_groups:
             group['lr'] = peak_lr * lr / learning_rate if learning_rate else 0.0
-    step_loss = torch.zeros((), device=device)
+    step_loss = torch.zeros((), device=rank_device)
     for micro in range(accum):
         if ddp:
             model.require_backward_grad_sync = micro == accum - 1
@@ -564,7 +568,7 @@ while True:
             loss = loss / accum  # the gradient is the mean over the step's micro-batches
         # fetch the next micro-batch while the GPU works on this one
         t_data = time.time()
-        x, y = fetch(iter_num + (micro + 1) // accum, first_row((micro + 1) % accum), micro_batch)
+        x, y = fetch(run['iter_num'] + (micro + 1) // accum, first_row((micro + 1) % accum), micro_batch)
         data_time += time.time() - t_data
         scaler.scale(loss).backward()
         step_loss += loss.detach()
@@ -579,14 +583,14 @@ while True:
         if device_type == 'cuda':
             torch.cuda.synchronize()  # the budget counts GPU time: wait for the step to finish
         if steps_this_run:  # the first step of a run compiles: not training time
-            train_seconds += time.time() - t_step
+            run['train_seconds'] += time.time() - t_step
     steps_this_run += 1
     # remember the first bad step on the device: no host sync here
-    first_bad = torch.where(torch.isfinite(step_loss) | (first_bad != NO_BAD_STEP), first_bad, iter_num)
-    tokens_seen += tokens_per_iter
+    first_bad = torch.where(torch.isfinite(step_loss) | (first_bad != NO_BAD_STEP), first_bad, run['iter_num'])
+    run['tokens_seen'] += tokens_per_iter
     iters_since_log += 1
 
-    if iter_num % log_interval == 0:
+    if run['iter_num'] % log_interval == 0:
         if ddp:
             dist.all_reduce(step_loss)
             step_loss /= world
@@ -598,14 +602,14 @@ while True:
         data_share = data_time / iters_since_log / dt  # host time fetching batches, as a share of the step
         mem = torch.cuda.max_memory_allocated() / 2**30 if device_type == 'cuda' else None
         elapsed = elapsed_before + time.time() - t_start
-        eta = max_seconds - train_seconds if max_seconds else (max_iters - iter_num - 1) * dt
-        say(f"step {iter_num}/{max_iters}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
+        eta = max_seconds - run['train_seconds'] if max_seconds else (max_iters - run['iter_num'] - 1) * dt
+        say(f"step {run['iter_num']}/{max_iters}: loss {lossf:.4f}, lr {lr:.2e}, grad norm {grad_norm.item():.3f}, "
             f"{dt * 1000:.1f} ms/step, {tok_s:,.0f} tok/s, {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min" + (f", MFU {mfu * 100:.1f}%" if mfu else "") +
             f", data {data_share * 100:.1f}%" + (f", peak mem {mem:.1f} GiB" if mem else ""))
-        log('train', iter=iter_num, loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
+        log('train', iter=run['iter_num'], loss=lossf, lr=lr, grad_norm=grad_norm.item(), ms=dt * 1000,
             tokens_per_sec=tok_s, mfu=mfu, data_share=data_share, peak_mem_gib=mem)
         t_log, iters_since_log, data_time = time.time(), 0, 0.0
-    iter_num += 1
+    run['iter_num'] += 1
 
 # --- summary -----------------------------------------------------------------------------------
 check_finite()
@@ -613,19 +617,19 @@ wall = time.time() - t_start
 energy_end = gpu_energy_joules()
 energy = None
 if energy_start is not None and energy_end is not None:
-    energy = torch.tensor(energy_end - energy_start, device=device)
+    energy = torch.tensor(energy_end - energy_start, device=rank_device)
     if ddp:
         dist.all_reduce(energy)
     energy = energy.item()
-summary = dict(iter=iter_num, reason=stop_reason, tokens=tokens_seen, wall_s=elapsed_before + wall,
-               train_seconds=train_seconds,
-               tokens_per_sec=(tokens_seen - start_tokens) / wall if wall > 0 else 0.0,
-               best_val_loss=best_val_loss if best_iter is not None else None, best_iter=best_iter,
-               flops=flops_per_token * tokens_seen, energy_j=energy,
+summary = dict(iter=run['iter_num'], reason=stop_reason, tokens=run['tokens_seen'], wall_s=elapsed_before + wall,
+               train_seconds=run['train_seconds'],
+               tokens_per_sec=(run['tokens_seen'] - start_tokens) / wall if wall > 0 else 0.0,
+               best_val_loss=run['best_val_loss'] if run['best_iter'] is not None else None, best_iter=run['best_iter'],
+               flops=flops_per_token * run['tokens_seen'], energy_j=energy,
                peak_mem_gb=torch.cuda.max_memory_allocated() / 1e9 if device_type == 'cuda' else None)
 log('end', **summary)
-say(f"done ({stop_reason}) at step {iter_num}: {tokens_seen:,} tokens in {(elapsed_before + wall) / 3600:.2f} h, "
-    f"{summary['tokens_per_sec']:,.0f} tok/s this run, best val loss {best_val_loss:.4f} at step {best_iter}, "
+say(f"done ({stop_reason}) at step {run['iter_num']}: {run['tokens_seen']:,} tokens in {(elapsed_before + wall) / 3600:.2f} h, "
+    f"{summary['tokens_per_sec']:,.0f} tok/s this run, best val loss {run['best_val_loss']:.4f} at step {run['best_iter']}, "
     f"{summary['flops']:.3e} FLOPs" + (f", {energy / 3600:.1f} Wh GPU energy" if energy else "") +
     (f", peak memory {summary['peak_mem_gb']:.2f} GB" if summary['peak_mem_gb'] else ""))
 if wandb_run is not None:

@@ -271,3 +271,14 @@ def test_out_of_range_numbers_of_the_evals_are_one_line(token_dir, tmp_path):
                    f'--eval_dir={tmp_path / "he"}', check=False)
     one_line_error(p, 'limit=-1')
     assert not (tmp_path / 'he').exists()
+
+
+def test_a_token_folder_without_val_says_what_is_missing(token_dir, tmp_path):
+    import shutil
+    bad = tmp_path / 'noval'
+    shutil.copytree(token_dir, bad)
+    m = json.load(open(bad / 'manifest.json'))
+    m['val'] = []
+    json.dump(m, open(bad / 'manifest.json', 'w'))
+    p = run_script('train.py', *TINY, f'--data_dir={bad}', f'--out_dir={tmp_path / "o"}', '--max_iters=1', check=False)
+    one_line_error(p, 'no val set', '--val_fraction')
