@@ -75,20 +75,13 @@ if workers < 1 or local_shard_bytes < 1:
 
 def parquet_rows(path):
     """Row count of a parquet file in the raw github-code schema; Failed if it is anything else."""
-    import pyarrow as pa
     import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
         raise Failed(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
                      f"delete it and rerun")
-    schema = pf.schema_arrow
-    bad = []
-    for col in github_code.COLUMNS:
-        t = schema.field(col).type if col in schema.names else None
-        ok = t is not None and (pa.types.is_integer(t) if col == 'size' else pa.types.is_string(t) or pa.types.is_large_string(t))
-        if not ok:
-            bad.append(f"{col}: {t or 'missing'}")
+    bad = github_code.schema_problems(pf.schema_arrow)
     if bad:
         raise Failed(f"{path} does not have github-code's columns {', '.join(github_code.COLUMNS)} ({'; '.join(bad)}); "
                      f"check repo_id={repo_id!r}")

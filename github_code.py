@@ -53,6 +53,21 @@ LICENSES = ['mit', 'apache-2.0', 'gpl-3.0', 'gpl-2.0', 'bsd-3-clause', 'agpl-3.0
             'artistic-2.0']
 
 
+def schema_problems(schema, columns=COLUMNS):
+    """['col: type', ...] for each of `columns` that a pyarrow schema lacks or holds with another type
+    than the raw schema's: strings, size an integer. content may also be raw bytes (decoded as UTF-8
+    with replacement by the tokenize stage)."""
+    import pyarrow as pa
+    is_str = lambda t: pa.types.is_string(t) or pa.types.is_large_string(t)
+    ok = dict(size=pa.types.is_integer, content=lambda t: is_str(t) or pa.types.is_binary(t) or pa.types.is_large_binary(t))
+    bad = []
+    for col in columns:
+        t = schema.field(col).type if col in schema.names else None
+        if t is None or not ok.get(col, is_str)(t):
+            bad.append(f"{col}: {t or 'missing'}")
+    return bad
+
+
 def write_parquet(path, rows, row_group_size=1024):
     """Rows ({content, repo_name, path, license, size}) as one snappy parquet file in the raw schema.
     The one writer of that schema: the local source, the tokenize benchmark and the tests use it."""

@@ -31,7 +31,7 @@ import numpy as np
 
 from atomic import lock_dir, write_json
 from configurator import configure, die
-from github_code import LICENSES, language_of, language_slug, parse_languages
+from github_code import LICENSES, language_of, language_slug, parse_languages, schema_problems
 from shards import DTYPE, ENCODINGS, EOT, get_encoding, save_shard, train_name, val_name
 
 # -----------------------------------------------------------------------------
@@ -261,14 +261,11 @@ def check_parquet(path):
     if missing:
         die(f"{path} has no {', '.join(repr(c) for c in missing)} column (its columns: {', '.join(schema.names)}); "
             f"expected github-code's raw schema: content, repo_name, path, license, size")
-    # text columns: strings (content may also be raw bytes, decoded as UTF-8 with replacement)
-    for col in COLUMNS:
-        t = schema.field(col).type
-        ok = (pa.types.is_string(t) or pa.types.is_large_string(t) or
-              (col == 'content' and (pa.types.is_binary(t) or pa.types.is_large_binary(t))))
-        if not ok:
-            die(f"{path}: column '{col}' is {t}, not a string column; expected github-code's raw schema "
-                f"(content, repo_name, path, license: strings)")
+    bad = schema_problems(schema, COLUMNS)
+    if bad:
+        col, t = bad[0].split(': ', 1)
+        die(f"{path}: column '{col}' is {t}, not a string column; expected github-code's raw schema "
+            f"(content, repo_name, path, license: strings)")
 
 
 def check_same_run(what, old, config_now, sources_now):
