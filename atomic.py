@@ -7,6 +7,8 @@ import contextlib
 import json
 import os
 
+from configurator import die
+
 
 @contextlib.contextmanager
 def atomic_path(path):
@@ -41,7 +43,6 @@ def lock_dir(path, what):
     An flock ends with its process, so a lock left by a killed run is simply taken over.
     Returns the open file: keep it referenced, the lock lasts as long as it is open."""
     import fcntl
-    from configurator import die
     os.makedirs(path, exist_ok=True)
     f = open(os.path.join(path, '.lock'), 'a+')
     try:

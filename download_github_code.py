@@ -81,7 +81,7 @@ def parquet_rows(path):
     except Exception as e:
         raise Failed(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
                      f"delete it and rerun")
-    bad = github_code.schema_problems(pf.schema_arrow)
+    bad = [f"{col}: {t}" for col, t in github_code.schema_problems(pf.schema_arrow)]
     if bad:
         raise Failed(f"{path} does not have github-code's columns {', '.join(github_code.COLUMNS)} ({'; '.join(bad)}); "
                      f"check repo_id={repo_id!r}")

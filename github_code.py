@@ -54,7 +54,7 @@ LICENSES = ['mit', 'apache-2.0', 'gpl-3.0', 'gpl-2.0', 'bsd-3-clause', 'agpl-3.0
 
 
 def schema_problems(schema, columns=COLUMNS):
-    """['col: type', ...] for each of `columns` that a pyarrow schema lacks or holds with another type
+    """[(column, its type or 'missing')] for each of `columns` that a pyarrow schema lacks or holds with another type
     than the raw schema's: strings, size an integer. content may also be raw bytes (decoded as UTF-8
     with replacement by the tokenize stage)."""
     import pyarrow as pa
@@ -64,7 +64,7 @@ def schema_problems(schema, columns=COLUMNS):
     for col in columns:
         t = schema.field(col).type if col in schema.names else None
         if t is None or not ok.get(col, is_str)(t):
-            bad.append(f"{col}: {t or 'missing'}")
+            bad.append((col, t or 'missing'))
     return bad
 
 

@@ -261,9 +261,7 @@ def check_parquet(path):
     if missing:
         die(f"{path} has no {', '.join(repr(c) for c in missing)} column (its columns: {', '.join(schema.names)}); "
             f"expected github-code's raw schema: content, repo_name, path, license, size")
-    bad = schema_problems(schema, COLUMNS)
-    if bad:
-        col, t = bad[0].split(': ', 1)
+    for col, t in schema_problems(schema, COLUMNS)[:1]:
         die(f"{path}: column '{col}' is {t}, not a string column; expected github-code's raw schema "
             f"(content, repo_name, path, license: strings)")
 

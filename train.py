@@ -157,7 +157,6 @@ pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffer
 def fetch(step, first_row, rows, seed=seed):
     """Rows first_row.. of step `step`'s batch on this rank's device as (x, y), each (rows, T); async copy on CUDA."""
     args = (train_shards, cum_starts, seed, step, range(first_row, first_row + rows), step_rows, block_size)
-    kw = dict(n_vocab=data_vocab)
     if device_type == 'cuda':
         # a fresh pinned tensor per batch costs a page-locked allocation each time; reuse a few,
         # waiting (rarely) only until the GPU has copied out of the one we overwrite
@@ -167,12 +166,12 @@ def fetch(step, first_row, rows, seed=seed):
         else:
             buf, done = ring.pop(0)
             done.synchronize()
-        shards.get_batch(*args, out=buf.numpy(), **kw)  # the windows go straight into pinned memory
+        shards.get_batch(*args, out=buf.numpy(), n_vocab=data_vocab)  # the windows go straight into pinned memory
         xy = buf.to(rank_device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
-        xy = torch.from_numpy(shards.get_batch(*args, **kw)).to(rank_device)
+        xy = torch.from_numpy(shards.get_batch(*args, n_vocab=data_vocab)).to(rank_device)
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 
 
