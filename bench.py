@@ -7,11 +7,13 @@ clipping, logging) run as a subprocess, read back from its log.jsonl, with the p
 (bench/plain_nanogpt.py, a GPT-2 of its own) run at each geometry just before it.
 Token shards are made from the local standard library when data_dir has none.
 
-    python bench.py                                           # 32 x 1 and 4 x 8
+    python bench.py                                           # 32x1 16x2 8x4 4x8, ~12 min on an H200
     python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
+    python bench.py --memory_gb=12 --geometries="[(4,8)]"      # a 12 GB card's room on a big one
 
-prints one row per run: tokens/s, ms/step, MFU, share of the step fetching data, peak memory, and
-the ratio to the reference at the same geometry.
+prints one row per run as it ends: tokens/s, ms/step, MFU, share of the step fetching data, peak
+memory, the ratio to the reference at the same geometry, and how far its logged losses stray from
+the first variant's at that geometry (the same seed and batches, so a faster path must not move them).
 """
 import json
 import os
@@ -25,10 +27,11 @@ from configurator import configure, die
 # -----------------------------------------------------------------------------
 data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
 reference = os.path.join('bench', 'plain_nanogpt.py')  # the plain recipe, run with --micro_batch/--grad_accum/--steps; '' to skip it
-geometries = [(32, 1), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * 1024
-variants = ['', '--auto_batch=False']  # extra train.py flags, one run per geometry each
+geometries = [(32, 1), (16, 2), (8, 4), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * 1024
+variants = ['', '--auto_batch=False', '--auto_batch=False --cuda_graph_tokens=0']  # extra train.py flags, one run per geometry each
 steps = 60  # timed optimizer steps per run (after warmup)
 warmup = 10  # steps left out of the timing (compilation, allocator warm-up)
+memory_gb = 0.0  # > 0: cap every run's GPU memory at this many GiB (torch's per-process fraction), e.g. 12 for an RTX 4070
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -53,37 +56,43 @@ if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
          '--val_fraction=0.1', '--shard_tokens=5_000_000'])
 
 # --- runs ---------------------------------------------------------------------------------------
-rows = []
+cap = [f'--memory_gb={memory_gb}'] if memory_gb else []
+print(f"{'run':48s} {'tokens/s':>10s} {'ms/step':>8s} {'MFU':>6s} {'data':>6s} {'peak GiB':>8s} {'x ref':>6s} {'dloss':>7s}",
+      flush=True)
+
+
+def row(name, tok_s, ms, mfu=None, data=None, mem=None, ratio=None, dloss=None):
+    f = lambda v, fmt: format(v, fmt) if v is not None else '-'
+    print(f"{name:48s} {tok_s:10,.0f} {ms:8.1f} {f(mfu and mfu * 100, '5.1f'):>6s} {f(data and data * 100, '5.2f'):>6s} "
+          f"{f(mem, '8.1f'):>8s} {f(ratio, '6.2f'):>6s} {f(dloss, '7.4f'):>7s}", flush=True)
+
+
 for B, A in geometries:
-    ref = None
+    ref, first_losses = None, None
     if reference:
-        out = run([sys.executable, reference, f'--micro_batch={B}', f'--grad_accum={A}', f'--steps={steps}'])
+        out = run([sys.executable, reference, f'--micro_batch={B}', f'--grad_accum={A}', f'--steps={steps}', *cap])
         ref = float(re.search(r'tokens/s=(\d+)', out).group(1))
-        rows.append((f"reference {B}x{A}", ref, B * A * 1024 / ref * 1000, None, None, None, 1.0))
+        row(f"reference {B}x{A}", ref, B * A * 1024 / ref * 1000, mem=float(re.search(r'peak_gib=([\d.]+)', out).group(1)),
+            ratio=1.0)
     for extra in variants:
         with tempfile.TemporaryDirectory() as out_dir:
             log_interval = 5
             run([sys.executable, 'train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}',
                  f'--batch_size={B}', f'--gradient_accumulation_steps={A}', f'--max_iters={warmup + steps}',
-                 '--eval_interval=1000000', '--eval_iters=1', f'--log_interval={log_interval}',
+                 '--eval_interval=1000000', '--eval_iters=1', f'--log_interval={log_interval}', *cap,
                  *extra.split()])
             with open(os.path.join(out_dir, 'log.jsonl')) as f:
                 events = [json.loads(line) for line in f]
         start = next(e for e in events if e['event'] == 'start')
+        losses = {e['iter']: e['loss'] for e in events if e['event'] == 'train'}
         timed = [e for e in events if e['event'] == 'train' and e['iter'] > warmup]
         if not timed:
             die(f"no train log line after warmup; raise --steps above {log_interval}")
         ms = sum(e['ms'] for e in timed) / len(timed)  # each row is the mean of log_interval steps
         tok_s = start['tokens_per_iter'] / ms * 1000
-        mfu = timed[-1]['mfu']
         data = sum(e['data_share'] for e in timed) / len(timed)
         mem = max(e['peak_mem_gib'] or 0 for e in timed)
+        first_losses = first_losses or losses
+        dloss = max(abs(losses[i] - first_losses[i]) for i in losses if i in first_losses)
         name = f"ours {B}x{A}" + (f" -> {start['micro_batch']}x{start['accum']}" if start['micro_batch'] != B else "")
-        rows.append((f"{name} {extra}".strip(), tok_s, ms, mfu, data, mem, tok_s / ref if ref else None))
-
-# --- table ---------------------------------------------------------------------------------------
-print(f"{'run':48s} {'tokens/s':>10s} {'ms/step':>8s} {'MFU':>6s} {'data':>6s} {'peak GiB':>8s} {'x ref':>6s}")
-for name, tok_s, ms, mfu, data, mem, ratio in rows:
-    f = lambda v, fmt: format(v, fmt) if v is not None else '-'
-    print(f"{name:48s} {tok_s:10,.0f} {ms:8.1f} {f(mfu and mfu * 100, '5.1f'):>6s} "
-          f"{f(data and data * 100, '5.2f'):>6s} {f(mem, '8.1f'):>8s} {f(ratio, '6.2f'):>6s}")
+        row(f"{name} {extra}".strip(), tok_s, ms, timed[-1]['mfu'], data, mem, tok_s / ref if ref else None, dloss)

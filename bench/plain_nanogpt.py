@@ -7,7 +7,7 @@ padded to 50304, gradient clipping, random token batches already on the GPU.
     python bench/plain_nanogpt.py --micro_batch=4 --grad_accum=8 --steps=40
     python bench/plain_nanogpt.py --device=cpu --n_layer=2 --n_embd=64 --n_head=2 --block_size=64 --steps=3
 
-prints one line: 'reference tokens/s=... ms/step=... micro_batch=... grad_accum=...'
+prints one line: 'reference tokens/s=... ms/step=... micro_batch=... grad_accum=... peak_gib=... loss=...'
 """
 import os
 import sys
@@ -30,6 +30,7 @@ n_embd = 768
 block_size = 1024
 vocab_size = 50304
 device = 'cuda' if torch.cuda.is_available() else 'cpu'
+memory_gb = 0.0  # CUDA: > 0 caps this process's GPU memory at this many GiB (a smaller card's room)
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -73,6 +74,8 @@ class GPT(nn.Module):
 torch.manual_seed(0)
 torch.backends.cuda.matmul.allow_tf32 = True
 cuda = device.startswith('cuda')
+if cuda and memory_gb > 0:
+    torch.cuda.set_per_process_memory_fraction(min(1.0, memory_gb * 2**30 / torch.cuda.get_device_properties(device).total_memory))
 model = GPT().to(device)
 opt = torch.optim.AdamW(model.parameters(), lr=6e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=cuda)
 step_model = torch.compile(model) if cuda else model
@@ -102,4 +105,6 @@ for i in range(steps):
 loss.item()  # waits for the GPU
 dt = (time.time() - t0) / steps
 tok = micro_batch * grad_accum * block_size / dt
-print(f"reference tokens/s={tok:.0f} ms/step={dt * 1000:.1f} micro_batch={micro_batch} grad_accum={grad_accum}")
+mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else 0.0
+print(f"reference tokens/s={tok:.0f} ms/step={dt * 1000:.1f} micro_batch={micro_batch} grad_accum={grad_accum} "
+      f"peak_gib={mem:.1f} loss={loss.item() * grad_accum:.4f}")

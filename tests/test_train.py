@@ -307,3 +307,25 @@ def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
     train(token_dir, tmp_path / 'o5', '--max_iters=0')
     p = train(token_dir, tmp_path / 'o5', '--init_from=resume', '--n_layer=3', '--n_embd=64', check=False)
     one_line_error(p, 'another shape', 'n_layer=2 (config: 3)', 'n_embd=32 (config: 64)')
+
+
+# --- the CUDA-graph micro-step (a GPU only) --------------------------------------------------------
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_cuda_graph_steps_follow_the_eager_steps_and_resume(token_dir, tmp_path):
+    # forced small micro-batches, the path the graph is for: 2 x 4 per step, bf16, compiled
+    gpu = [a for a in TINY if not a.startswith(('--device', '--dtype', '--compile'))] + \
+        ['--device=cuda', '--dtype=bfloat16', '--compile=True', '--auto_batch=False', '--eval_interval=10',
+         '--batch_size=2', '--gradient_accumulation_steps=4']
+    run = lambda out, *a: run_script('train.py', *gpu, f'--data_dir={token_dir}', f'--out_dir={out}', *a)
+    run(tmp_path / 'eager', '--max_iters=30', '--cuda_graph_tokens=0')
+    p = run(tmp_path / 'graph', '--max_iters=30')  # 2 x 32 tokens: under the default cuda_graph_tokens
+    assert 'no CUDA graph' not in p.stdout
+    eager, graph = train_losses(read_log(tmp_path / 'eager')), train_losses(read_log(tmp_path / 'graph'))
+    assert sorted(eager) == sorted(graph) == list(range(30))
+    assert max(abs(eager[i] - graph[i]) for i in eager) < 0.02 and eager[29] < eager[0] - 1  # it learns, alike
+    run(tmp_path / 'split', '--max_iters=20')  # stopped at 20, resumed to 30
+    run(tmp_path / 'split', '--max_iters=30', '--init_from=resume')
+    split = train_losses(read_log(tmp_path / 'split'))
+    assert max(abs(split[i] - graph[i]) for i in range(30)) < 0.02
+    a, b = load(tmp_path / 'graph' / 'ckpt.pt')['model'], load(tmp_path / 'split' / 'ckpt.pt')['model']
+    assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-3) for k in a)
