@@ -17,7 +17,8 @@ ast.literal_eval and fall back to the raw string, so `--out_dir=out` and
 - `--help` (or `-h`) prints the config block (key, default, comment) and exits 0;
 - the keys that differ from the defaults are echoed in one 'config:' line, as nanoGPT's
   "Overriding:" lines do.
-Returns the final {key: value} dict of the config keys, for logging and checkpoints.
+Returns the final {key: value} dict of the config keys, for logging and checkpoints; `given`
+then holds the keys a config file changed or the command line set.
 
 Errors: die() prints one 'error: ...' line to stderr and exits 2 (bad input); an OSError that
 reaches the top (a full disk, a read-only folder, a file where a folder should be) is printed as
@@ -136,6 +137,9 @@ def exec_config_file(path, scope):
         die(f"config file {path}:{line} raised {type(e).__name__}: {e}; fix that line")
 
 
+given = set()  # the keys a config file changed or the command line set, once configure() has run
+
+
 def configure(g, argv=None):
     global _out_dir
     sys.excepthook = _excepthook
@@ -157,6 +161,8 @@ def configure(g, argv=None):
                 if k.startswith('_') or not isinstance(v, CONFIG_TYPES):
                     continue  # imports and helpers inside a config file are fine
                 check_key(k, known, arg)
+                if v != g[k]:
+                    given.add(k)
                 g[k] = coerce(k, v, defaults[k], arg)
             files.append(arg)
         else:
@@ -171,6 +177,7 @@ def configure(g, argv=None):
             if isinstance(defaults[key], str) and not isinstance(attempt, str):
                 attempt = val  # --wandb_run_name=2024 is still a string
             g[key] = coerce(key, attempt, defaults[key], 'command line')
+            given.add(key)
     _out_dir = g.get('out_dir') if isinstance(g.get('out_dir'), str) else None
     changed = [f"{k}={g[k]!r}" for k in known if g[k] != defaults[k]]
     # DDP: rank 0 speaks for all; a spawned worker re-runs the script's top, silently

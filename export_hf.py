@@ -13,7 +13,8 @@ The mapping: our nn.Linear weights are (out, in), HF's Conv1D are (in, out), so 
 transposed; the vocab padded to 50304 is cropped back to the encoding's 50257 or 50281 (the pad
 rows are never a target); lm_head is tied to wte as in ours; a model trained with bias=False gets zero biases
 (LayerNorm without bias == LayerNorm with a zero bias); activation 'gelu' is the exact erf GELU
-of our nn.GELU(); layer_norm_epsilon 1e-5 is nn.LayerNorm's default.
+of our nn.GELU() ('gelu_new', the tanh one, for a model started from OpenAI's weights);
+layer_norm_epsilon 1e-5 is nn.LayerNorm's default. The mapping is pretrained.to_hf.
 
     python export_hf.py --out_dir=out                       # -> out/hf
     python export_hf.py --out_dir=out/ckpt.pt --export_dir=hf/gpt2-code --dtype=bfloat16
@@ -27,6 +28,7 @@ import torch
 
 from checkpoint import encoding_of, load_model
 from configurator import configure, die
+from pretrained import to_hf
 from shards import EOT, get_encoding
 
 # -----------------------------------------------------------------------------
@@ -38,28 +40,6 @@ tokenizer = True  # also write GPT-2's tokenizer files
 verify = True  # reload the folder with transformers and compare its logits with ours on real code
 config = configure(globals())
 # -----------------------------------------------------------------------------
-
-
-def hf_state_dict(sd, n_layer, n_embd, n_vocab):
-    """Our GPT state dict -> GPT2LMHeadModel's: crop the vocab, transpose Conv1D weights, zero missing biases."""
-    sd = {k.removeprefix('_orig_mod.'): v.float() for k, v in sd.items()}
-    out = {}
-    wte = sd['transformer.wte.weight'][:n_vocab]  # (n_vocab, n_embd)
-    out['transformer.wte.weight'] = wte
-    out['transformer.wpe.weight'] = sd['transformer.wpe.weight']
-    # (name, width) of every Linear and LayerNorm in a block; Linears become Conv1D (in, out)
-    parts = [('ln_1', n_embd), ('attn.c_attn', 3 * n_embd), ('attn.c_proj', n_embd), ('ln_2', n_embd),
-             ('mlp.c_fc', 4 * n_embd), ('mlp.c_proj', n_embd)]
-    for i in range(n_layer):
-        for name, width in parts:
-            key = f'transformer.h.{i}.{name}'
-            w = sd[f'{key}.weight']
-            out[f'{key}.weight'] = w if name.startswith('ln') else w.t().contiguous()
-            out[f'{key}.bias'] = sd.get(f'{key}.bias', torch.zeros(width))
-    out['transformer.ln_f.weight'] = sd['transformer.ln_f.weight']
-    out['transformer.ln_f.bias'] = sd.get('transformer.ln_f.bias', torch.zeros(n_embd))
-    out['lm_head.weight'] = wte  # tied, as in ours
-    return out
 
 
 def write_tokenizer(folder, enc, block_size):
@@ -106,12 +86,12 @@ if os.path.isdir(export_dir) and os.listdir(export_dir) and not os.path.isfile(o
 
 # ----------------------------------------------------------------------------- the HF model
 hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
-                       n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function='gelu',
+                       n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function='gelu_new' if cfg.gelu == 'tanh' else 'gelu',
                        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
                        layer_norm_epsilon=1e-5, bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=True,
                        architectures=['GPT2LMHeadModel'])
 hf = GPT2LMHeadModel(hf_config)
-hf.load_state_dict(hf_state_dict(model.state_dict(), cfg.n_layer, cfg.n_embd, n_vocab), strict=True)  # every key, every shape
+hf.load_state_dict(to_hf(model.state_dict(), cfg.n_layer, cfg.n_embd, n_vocab), strict=True)  # every key, every shape
 hf.tie_weights()
 hf = hf.to(getattr(torch, dtype)).eval()
 

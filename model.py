@@ -21,6 +21,7 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = False  # bias in Linears and LayerNorms; False is a little better and faster
+    gelu: str = 'none'  # 'none': exact (erf) GELU; 'tanh': its approximation, which OpenAI's GPT-2 weights use
 
 
 class CausalSelfAttention(nn.Module):
@@ -69,7 +70,7 @@ class MLP(nn.Module):
     def __init__(self, config):
         super().__init__()
         self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        self.gelu = nn.GELU()
+        self.gelu = nn.GELU(approximate=config.gelu)
         self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
         self.dropout = nn.Dropout(config.dropout)
 

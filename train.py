@@ -30,6 +30,8 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import shards
 from atomic import atomic_path, lock_dir
 from checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_checkpoint
+import configurator
+import pretrained
 from configurator import configure, die, setup_device
 from gpu_peaks import peak_flops
 from model import GPT, GPTConfig
@@ -39,7 +41,7 @@ from model import GPT, GPTConfig
 # I/O
 out_dir = 'out'  # checkpoints, log.jsonl and loss.png go here
 data_dir = 'data/github-code/tokens'  # token directory written by the tokenize stage
-init_from = 'scratch'  # 'scratch' or 'resume' (from out_dir/ckpt.pt)
+init_from = 'scratch'  # 'scratch', 'resume' (from out_dir/ckpt.pt), OpenAI's 'gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl' from the hub, or a local Hugging Face GPT-2 folder
 overwrite = False  # let a scratch run replace the checkpoints already in out_dir (else it refuses)
 eval_interval = 1000  # steps between evals (each also writes ckpt.pt)
 eval_iters = 20  # eval batches: val windows per language = eval_iters * batch_size
@@ -60,6 +62,7 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # 0 for pretraining; try 0.1+ for finetuning
 bias = False  # bias in Linears and LayerNorms
+gelu = 'none'  # MLP activation: 'none' (exact GELU) or 'tanh' (its approximation; set by a pretrained init_from)
 vocab_size = 50304  # the encodings' 50257 or 50281 ids padded to a multiple of 64 for faster matmuls
 zero_init_proj = False  # start the residual projections (attention and MLP c_proj) at zero: each block starts as the identity
 # optimizer: AdamW on everything, or Muon on the blocks' weight matrices and AdamW on the rest
@@ -208,9 +211,43 @@ if not val_batches:
 
 # --- model and optimizer ----------------------------------------------------------------------
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                  bias=bias, vocab_size=vocab_size, dropout=dropout)
+                  bias=bias, vocab_size=vocab_size, dropout=dropout, gelu=gelu)
+ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
+if master:
+    lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
+if init_from != 'resume' and os.path.isfile(ckpt_path) and not overwrite:
+    die(f"{out_dir} already holds a run's checkpoint ({ckpt_path}); continue it with --init_from=resume, "
+        f"train into a new --out_dir, or pass --overwrite=True to start over and replace it")
+ckpt = weights = None
+if init_from == 'resume':
+    if not os.path.isfile(ckpt_path):
+        die(f"init_from='resume' but {ckpt_path} does not exist; train with --init_from=scratch first")
+    ckpt = load_checkpoint(ckpt_path, 'cpu')
+    missing = [k for k in ('optimizer', 'iter_num', 'rng', 'tokens_seen') if k not in ckpt]
+    if missing:
+        die(f"{ckpt_path} holds a model but no training state ({', '.join(missing)}), so it cannot be resumed; "
+            f"pass a fresh --out_dir")
+    source, theirs = ckpt_path, {'gelu': 'none', **ckpt['model_args']}  # older checkpoints have no 'gelu'
+elif init_from != 'scratch':
+    if zero_init_proj:
+        die(f"zero_init_proj would zero {init_from}'s projections; pass --zero_init_proj=False")
+    theirs, weights = pretrained.load(init_from, block_size, vocab_size, encoding)
+    source = init_from
+if init_from != 'scratch':
+    # the shape is the checkpoint's (or the pretrained model's); a key the config sets must agree,
+    # and block_size always (it is the data's window too). Dropout may change, as for finetuning
+    diff = [k for k, v in theirs.items() if k != 'dropout' and v != model_args[k]
+            and (k in configurator.given or k == 'block_size')]
+    if diff:
+        die(f"{source} has a model of another shape: " +
+            ', '.join(f"{k}={theirs[k]} (config: {model_args[k]})" for k in diff) +
+            "; pass its values (or leave those keys unset), or a fresh --out_dir")
+    model_args.update({k: v for k, v in theirs.items() if k != 'dropout'})
 model = GPT(GPTConfig(**model_args))
-if zero_init_proj:
+if weights is not None:
+    model.load_state_dict(weights)
+    weights = None
+if zero_init_proj and init_from == 'scratch':
     for block in model.transformer.h:
         torch.nn.init.zeros_(block.attn.c_proj.weight)
         torch.nn.init.zeros_(block.mlp.c_proj.weight)
@@ -221,24 +258,7 @@ say(f"parameters: {model.num_params() / 1e6:.2f}M total, {model.num_params(non_e
 # step (and its step-equivalent on a time budget), tokens seen, wall and training seconds so far
 run = dict(iter_num=0, best_val_loss=float('inf'), best_iter=None, evals_since_best=0, last_eval_iter=None,
            last_eval_sched=-1.0, tokens_seen=0, elapsed=0.0, train_seconds=0.0)
-ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
-if master:
-    lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
-ckpt = None
 if init_from == 'resume':
-    if not os.path.isfile(ckpt_path):
-        die(f"init_from='resume' but {ckpt_path} does not exist; train with --init_from=scratch first")
-    ckpt = load_checkpoint(ckpt_path, 'cpu')
-    missing = [k for k in ('optimizer', 'iter_num', 'rng', 'tokens_seen') if k not in ckpt]
-    if missing:
-        die(f"{ckpt_path} holds a model but no training state ({', '.join(missing)}), so it cannot be resumed; "
-            f"pass a fresh --out_dir")
-    # dropout may change on resume (as for finetuning); the shapes may not
-    diff = [k for k in model_args if k != 'dropout' and ckpt['model_args'].get(k) != model_args[k]]
-    if diff:
-        die(f"{ckpt_path} has a model of another shape: " +
-            ', '.join(f"{k}={ckpt['model_args'].get(k)} (config: {model_args[k]})" for k in diff) +
-            "; pass the checkpoint's values or a fresh --out_dir")
     if encoding_of(ckpt) != encoding:
         die(f"{ckpt_path} was trained on {encoding_of(ckpt)} tokens but {data_dir} holds {encoding}; "
             f"pass its token directory or a fresh --out_dir")
@@ -252,11 +272,6 @@ if init_from == 'resume':
     else:
         torch.manual_seed(seed + rank + run['iter_num'])
     say(f"resuming from {ckpt_path} at step {run['iter_num']}")
-elif init_from != 'scratch':
-    die(f"init_from='{init_from}' is not 'scratch' or 'resume'")
-elif os.path.isfile(ckpt_path) and not overwrite:
-    die(f"{out_dir} already holds a run's checkpoint ({ckpt_path}); continue it with --init_from=resume, "
-        f"train into a new --out_dir, or pass --overwrite=True to start over and replace it")
 model.to(rank_device)
 scaler = torch.amp.GradScaler(device_type, enabled=(ptdtype == torch.float16))  # float16 needs loss scaling
 muon = dict(lr=muon_lr, momentum=muon_momentum, weight_decay=muon_weight_decay) if optimizer == 'muon' else None
@@ -413,7 +428,7 @@ def evaluate():
 
 # --- logging, checkpoints, signals -------------------------------------------------------------
 log_path = os.path.join(out_dir, 'log.jsonl')
-if master and init_from == 'scratch' and os.path.exists(log_path):
+if master and init_from != 'resume' and os.path.exists(log_path):
     os.remove(log_path)  # a new run, a new log (an old run's checkpoint was refused above unless overwrite)
 
 

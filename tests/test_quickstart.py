@@ -151,14 +151,20 @@ def test_config_md_tables_are_the_scripts_config_blocks():
         text = f.read()
     for script in CONFIG_SCRIPTS:
         m = re.search(rf'^<!-- config: {re.escape(script)} -->\n(?:.+\n?)+', text, re.M)
-        assert m, f"CONFIG.md has no config table for {script}; print it with: python tests/test_quickstart.py"
+        assert m, f"CONFIG.md has no config table for {script}; update it with: python tests/test_quickstart.py"
         assert m.group(0).strip() == config_table(script), \
-            f"CONFIG.md's config table for {script} is out of date; print it with: python tests/test_quickstart.py"
+            f"CONFIG.md's config table for {script} is out of date; update it with: python tests/test_quickstart.py"
 
 
-if __name__ == '__main__':
+if __name__ == '__main__':  # rewrite CONFIG.md's tables from the scripts' config blocks
+    path = os.path.join(ROOT, 'CONFIG.md')
+    with open(path, encoding='utf-8') as f:
+        text = f.read()
     for script in CONFIG_SCRIPTS:
-        print(f"### `{script}`\n\n{config_table(script)}\n")
+        text = re.sub(rf'^<!-- config: {re.escape(script)} -->\n(?:.+\n?)+', lambda m: config_table(script) + '\n',
+                      text, flags=re.M)
+    with open(path, 'w', encoding='utf-8') as f:
+        f.write(text)
 
 
 def test_readme_file_map_names_every_top_level_script_and_only_real_files():

@@ -281,6 +281,14 @@ def test_config_values():
     assert chin['max_iters'] == chin['lr_decay_iters'] == 80000 and chin['early_stop_patience'] > 0
     assert 2.5e9 < chin['max_iters'] * tokens_per_step(chin) < 2.7e9
     assert ref['out_dir'] == 'out-github-code-124m' and chin['out_dir'] == 'out-github-code-124m-chinchilla'
+    # the larger GPT-2 sizes: OpenAI's shapes, ~20 tokens per parameter of the model they build
+    from model import GPT, GPTConfig
+    for name, shape in [('350m', (24, 16, 1024)), ('774m', (36, 20, 1280)), ('1558m', (48, 25, 1600))]:
+        c = {**ref, **read(f'train_github_code_{name}')}
+        assert (c['n_layer'], c['n_head'], c['n_embd']) == shape and c['out_dir'] == f'out-github-code-{name}'
+        with torch.device('meta'):  # the shape only, no memory
+            params = GPT(GPTConfig(n_layer=c['n_layer'], n_head=c['n_head'], n_embd=c['n_embd'])).num_params()
+        assert 19 < c['max_iters'] * tokens_per_step(c) / params < 21, name
 
 
 def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):

@@ -1,0 +1,29 @@
+# GPT-2 774M on codeparrot/github-code, Chinchilla-sized (~20 tokens per parameter), with the
+# fast recipe of train_github_code_124m_fast.py (p50k_base tokens, Muon on the blocks' matrices,
+# warmup-stable-decay, zero-initialised projections). Measured at 124M only: at this size the
+# AdamW rate is GPT-3's for the size (Brown et al. 2020, table 2.1) times 3, as at 124M, and the
+# step holds more tokens, as GPT-3's did for larger models. Only what differs from train.py's
+# defaults is set here.
+#
+# python train.py config/train_github_code_774m.py                  # one GPU
+# torchrun --standalone --nproc_per_node=8 train.py config/train_github_code_774m.py
+
+out_dir = 'out-github-code-774m'
+data_dir = 'data/github-code/tokens-p50k'  # made with --encoding=p50k_base
+wandb_run_name = 'gpt2-774m'
+
+n_layer = 36
+n_head = 20
+n_embd = 1280
+batch_size = 8  # sequences per forward; auto_batch takes more where memory allows
+gradient_accumulation_steps = 64  # 8 x 1024 x 64 = 524,288 tokens per step
+max_iters = 29500  # x 524,288 = ~15.5B tokens, ~20 per parameter (773.6M at vocab_size 50304)
+eval_interval = 500
+optimizer = 'muon'
+muon_lr = 0.02
+learning_rate = 7.5e-4  # AdamW's share: embeddings (tied head), LayerNorm gains
+lr_schedule = 'wsd'
+warmup_iters = 500
+cooldown_frac = 0.4
+min_lr = 0.0
+zero_init_proj = True
