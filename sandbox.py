@@ -17,10 +17,15 @@ What is contained
   them: CPU seconds, address space (an unbounded allocation raises MemoryError), size of any file
   written, number of processes, no core files. Output goes to /dev/null and a bounded file.
 - A minimal environment: PATH, HOME and TMPDIR inside the sandbox, PYTHONHASHSEED. Nothing is
-  inherited, so tokens and keys in the parent's environment are not visible.
+  inherited, and the parent makes itself non-dumpable, so tokens and keys in its environment are
+  not visible, not even through /proc/<parent>/environ.
+- The same interpreter and packages as the evaluation (`import numpy` works): the child imports
+  the installed modules the program names before the guard goes up and, as root, before it drops
+  to the sandbox uid, so an interpreter in a folder only root can read serves too.
 - A guard in the child that replaces the destructive and process-spawning functions of os, posix,
   shutil and subprocess (remove, rmtree, rename, chmod, kill, fork, exec*, system, Popen, ...)
-  with ones that raise PermissionError, and refuses to open files for writing outside the sandbox.
+  with ones that raise PermissionError, and refuses to open files for writing (open, os.open,
+  io.FileIO) or to make folders outside the sandbox.
 - When the parent runs as root (the usual container): the program runs as an unprivileged uid of
   its own (uid_base + worker slot; no passwd entry needed). File permissions then protect every
   file it does not own even if it gets past the guard (ctypes, a C extension), RLIMIT_NPROC
@@ -28,10 +33,13 @@ What is contained
   process of that uid is killed, including any that left the process group.
 
 What is not
-- As a non-root user, or as root when no interpreter is readable by the sandbox uid, programs run
-  as the calling user: the guard is then all that stands between a program and that user's
-  files, and ctypes gets past it; RLIMIT_NPROC counts all of that user's processes (so a busy
-  user may see forks refused) and does not bind root at all. `isolation()` says which case holds.
+- As a non-root user (or with the uid drop turned off), programs run as the calling user: the
+  guard is then all that stands between a program and that user's files, and ctypes gets past
+  it; a process that leaves the group (setsid through ctypes) outlives the run; RLIMIT_NPROC
+  counts all of that user's processes (so a busy user may see forks refused) and does not bind
+  root at all; other processes of the user (the shell that started the run) keep their
+  environment readable. `isolation()` says which case holds, and eval_humaneval.py runs in that
+  mode only when asked to (`--sandbox_uid=-1`).
 - No network or filesystem namespace: a program can read world-readable files, use the network,
   and as the sandbox uid create files in world-writable places such as /tmp or /dev/shm (each
   bounded by the file-size limit, not their number).
@@ -48,7 +56,9 @@ import subprocess
 import sys
 import tempfile
 
-# The child: set limits, install the guard, run the program as __main__. argv: program, limits.
+# The child: set limits; as root, import what the program imports while this interpreter's files
+# are readable, then drop to the sandbox uid; install the guard; run the program as __main__.
+# argv: program, limits, uid (-1: stay as we are).
 RUNNER = r'''
 import sys, resource
 prog = sys.argv[1]
@@ -59,9 +69,26 @@ for name, value in zip(('RLIMIT_AS', 'RLIMIT_CPU', 'RLIMIT_FSIZE', 'RLIMIT_NPROC
         value = min(value, hard)
     resource.setrlimit(lim, (value, value))
 with open(prog) as f:
-    code = compile(f.read(), prog, 'exec')
+    source = f.read()
+code = compile(source, prog, 'exec')  # compiling runs none of it
 
-import builtins, io, os, posix, shutil, subprocess
+import ast, builtins, importlib, io, os, posix, shutil, subprocess
+uid = int(sys.argv[7])
+# the installed modules the program names (not its own code): imported before the guard, so a
+# package's import-time setup (numpy's os.putenv, say) runs as it does outside the sandbox
+NO_PREIMPORT = {'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo', 'webbrowser'}
+nodes = list(ast.walk(ast.parse(source)))
+wanted = {a.name.split('.')[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
+wanted |= {n.module.split('.')[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+for name in sorted(wanted - NO_PREIMPORT):
+    try:
+        importlib.import_module(name)
+    except BaseException:  # the program will meet the same error itself
+        pass
+if uid >= 0:
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
 home = os.path.realpath(os.getcwd())
 
 def blocked(name):
@@ -76,7 +103,7 @@ OS = ('system', 'popen', 'fork', 'forkpty', 'posix_spawn', 'posix_spawnp',
       'truncate', 'link', 'symlink', 'mkfifo', 'mknod', 'chmod', 'fchmod', 'lchmod', 'chown',
       'fchown', 'lchown', 'chflags', 'lchflags', 'chroot', 'chdir', 'fchdir', 'setuid', 'seteuid',
       'setreuid', 'setresuid', 'setgid', 'setegid', 'setregid', 'setresgid', 'setgroups', 'setsid',
-      'setpgid', 'setpgrp', 'putenv', 'unsetenv', 'plock', 'nice', 'sched_setaffinity')
+      'setpgid', 'setpgrp', 'plock', 'nice', 'sched_setaffinity')
 for mod, names in ((os, OS), (posix, OS),
                    (shutil, ('rmtree', 'move', 'copy', 'copy2', 'copyfile', 'copytree', 'chown')),
                    (subprocess, ('Popen', 'run', 'call', 'check_call', 'check_output', 'getoutput',
@@ -88,7 +115,8 @@ for mod, names in ((os, OS), (posix, OS),
 def inside(path):
     return os.path.realpath(os.fspath(path)).startswith(home + os.sep)
 
-real_open, real_os_open = io.open, posix.open
+import _io
+real_open, real_os_open, real_mkdir = io.open, posix.open, posix.mkdir
 def guarded_open(file, mode='r', *args, **kwargs):
     if not isinstance(file, int) and any(c in mode for c in 'wax+') and not inside(file):
         raise PermissionError(f"writing {file!r} outside the sandbox is disabled")
@@ -98,8 +126,19 @@ def guarded_os_open(path, flags, *args, **kwargs):
     if flags & writes and not inside(path):
         raise PermissionError(f"writing {path!r} outside the sandbox is disabled")
     return real_os_open(path, flags, *args, **kwargs)
+class GuardedFileIO(_io.FileIO):  # the raw file class, which open() wraps and a program may call itself
+    def __init__(self, file, mode='r', *args, **kwargs):
+        if not isinstance(file, int) and any(c in mode for c in 'wax+') and not inside(file):
+            raise PermissionError(f"writing {file!r} outside the sandbox is disabled")
+        super().__init__(file, mode, *args, **kwargs)
+def guarded_mkdir(path, *args, **kwargs):
+    if not inside(path):
+        raise PermissionError(f"making {path!r} outside the sandbox is disabled")
+    return real_mkdir(path, *args, **kwargs)
 builtins.open = io.open = guarded_open
 os.open = posix.open = guarded_os_open
+_io.FileIO = io.FileIO = GuardedFileIO
+os.mkdir = posix.mkdir = guarded_mkdir
 for name in ('exit', 'quit'):  # a program that ends early has not passed; sys.exit is caught below
     builtins.__dict__.pop(name, None)
 
@@ -110,7 +149,10 @@ except SystemExit as e:
     raise SystemExit(3)
 '''
 
-SWEEP = 'import os, signal\ntry: os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError: pass'
+# kill every process of a uid: started as root, drops to the uid (after its imports: the
+# interpreter's files may be root's alone), then kill(-1) reaches exactly that uid's processes
+SWEEP = ('import os, signal\nos.setgroups([])\nos.setresgid({0}, {0}, {0})\nos.setresuid({0}, {0}, {0})\n'
+         'try:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n')
 
 
 def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file_mb=16,
@@ -121,22 +163,21 @@ def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file
     above it must be passable (x) by that uid."""
     python = python or sys.executable
     cpu_s = cpu_s or int(timeout) + 1
+    hide_environment()
     home = tempfile.mkdtemp(prefix='sbx_', dir=root)
     try:
         path = os.path.join(home, 'program.py')
         with open(path, 'w') as f:
             f.write(program)
-        drop = {}
-        if uid is not None:
+        if uid is not None:  # the child starts as root and drops to uid itself (RUNNER)
             os.chown(home, uid, uid)
             os.chown(path, uid, uid)
-            drop = dict(user=uid, group=uid, extra_groups=[])
         env = {'PATH': '/usr/bin:/bin', 'HOME': home, 'TMPDIR': home, 'PYTHONHASHSEED': '0', 'LANG': 'C.UTF-8'}
-        limits = [memory_mb << 20, cpu_s, max_file_mb << 20, max_procs, 0]
+        limits = [memory_mb << 20, cpu_s, max_file_mb << 20, max_procs, 0, -1 if uid is None else uid]
         with tempfile.TemporaryFile() as err:  # a file, not a pipe: endless output cannot fill our memory
             p = subprocess.Popen([python, '-I', '-c', RUNNER, path, *map(str, limits)], cwd=home, env=env,
                                  stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
-                                 start_new_session=True, close_fds=True, **drop)
+                                 start_new_session=True, close_fds=True)
             timed_out = not wait_unreaped(p, timeout)
             try:  # the leader is not reaped yet, so its group id cannot have been reused
                 os.killpg(p.pid, signal.SIGKILL)
@@ -155,6 +196,16 @@ def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file
         return f"failed: {why[:300]}"
     finally:
         shutil.rmtree(home, ignore_errors=True)
+
+
+def hide_environment():
+    """Make this process non-dumpable, so that /proc/<our pid>/environ (the environment we started
+    with, tokens and keys included) belongs to root: a child running as us can no longer read it."""
+    import ctypes
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(4, 0, 0, 0, 0)  # PR_SET_DUMPABLE, 0 (Linux)
+    except (OSError, AttributeError):
+        pass
 
 
 def wait_unreaped(p, timeout):
@@ -184,24 +235,18 @@ def sweep(uid, python):
     else:
         return
     # kill(-1) from a process of that uid reaches exactly that uid's processes, without pid races
-    subprocess.run([python, '-I', '-S', '-c', SWEEP], user=uid, group=uid, extra_groups=[], env={}, cwd='/',
+    subprocess.run([python, '-I', '-S', '-c', SWEEP.format(int(uid))], env={}, cwd='/',
                    stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def isolation(uid_base=65000):
-    """(uid_base or None, interpreter, description): drop to per-worker uids when root and possible."""
+    """(uid_base or None, interpreter, description): per-worker uids when we are root. The interpreter is
+    always ours, with its packages: as root the child imports what the program names before it drops."""
     if uid_base is None or uid_base < 0:
         return None, sys.executable, 'same user (uid drop turned off)'
     if os.geteuid() != 0:
         return None, sys.executable, f'same user (uid {os.geteuid()}: not root, cannot drop to another uid)'
-    for python in dict.fromkeys([sys.executable, shutil.which('python3', path='/usr/local/bin:/usr/bin:/bin')]):
-        try:
-            if python and run('pass', timeout=30, uid=uid_base, python=python) == 'passed':
-                return uid_base, python, f'uid {uid_base}+worker, {python}'
-        except OSError:  # that uid cannot execute it
-            pass
-    return None, sys.executable, (f'same user (root; no interpreter readable by uid {uid_base}: '
-                                  f'{sys.executable} sits in a private folder)')
+    return uid_base, sys.executable, f'uid {uid_base}+worker, {sys.executable}'
 
 
 def start_pool(workers, uid_base=None, python=None, **limits):

