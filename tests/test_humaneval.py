@@ -299,6 +299,24 @@ def test_as_its_own_uid_a_program_cannot_read_roots_files_or_outlive_its_run(tmp
     assert uid_processes(UID) == 0
 
 
+@needs_problems
+def test_without_root_the_same_user_sandbox_runs_only_when_asked_for(tmp_path):
+    # this process's euid made non-root for the run (the machine's CI is root): the sandbox then
+    # cannot give completions a uid of their own, so the eval refuses unless --sandbox_uid=-1
+    import subprocess
+    import sys
+    run = lambda *a: subprocess.run(
+        [sys.executable, '-c', 'import os, runpy, sys; os.geteuid = lambda: 1000; sys.argv = sys.argv[1:]; '
+                               'runpy.run_path("eval_humaneval.py", run_name="__main__")',
+         'eval_humaneval.py', '--completions=canonical', '--limit=2', '--workers=1', *a],
+        cwd=os.path.dirname(sandbox.__file__), capture_output=True, text=True)
+    p = run(f'--eval_dir={tmp_path / "a"}')
+    assert p.returncode == 2 and 'uid 1000: not root' in p.stderr and '--sandbox_uid=-1' in p.stderr
+    assert not (tmp_path / 'a' / 'results.jsonl').exists()
+    p = run(f'--eval_dir={tmp_path / "b"}', '--sandbox_uid=-1')
+    assert p.returncode == 0 and 'solved 2/2' in p.stdout, p.stderr
+
+
 # ----------------------------------------------------------------------------- end to end
 
 @needs_problems
