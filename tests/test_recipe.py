@@ -123,3 +123,27 @@ def test_max_seconds_ends_the_run_on_its_budget_with_the_schedule_fitted_to_it(p
     assert trains[-1]['lr'] < 0.1 * 1.8e-3  # the last steps sit near the end of the decay
     p = fast(p50k_dir, tmp_path / 'd', '--max_seconds=4', check=False)
     assert p.returncode == 0  # a budget alone (no other change) is valid
+
+
+def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_reports_the_speedup(tmp_path):
+    from conftest import STDLIB
+    local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))  # 'email' is held out for val
+    work = tmp_path / 'br'
+    p = run_script('bench_recipe.py', '--budget=3', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
+                   '--val_fraction=0.15', "--ablate=['r50k_base --zero_init_proj=True']",
+                   '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
+                   env=ENV)
+    curves = {}
+    for name in ('reference', 'fast', 'ref_r50k_basezero_init_proj=True'):
+        log = read_log(work / 'runs' / name)
+        curves[name] = [e['val_bpb'] for e in log if e['event'] == 'eval']
+        assert len(curves[name]) == 3 and curves[name][-1] < curves[name][0]  # step 0, half the budget, the end
+    ref_rows = [line for line in p.stdout.splitlines() if line.startswith('reference ')]
+    assert ref_rows and ref_rows[-1].split()[-1] == '1.00x'  # the reference reaches its own final bpb at its end
+    assert f"target {curves['reference'][-1]:.4f} bpb" in p.stdout.splitlines()[-1]
+    assert 'speedup' in p.stdout.splitlines()[-1] and (work / 'recipe.png').stat().st_size > 1000
+    # ablations only: the fast slot is left out
+    p = run_script('bench_recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
+                   "--fast=", '--val_fraction=0.15', '--extra=--compile=False --device=cpu --dtype=float32 '
+                   '--n_layer=2 --n_head=2 --n_embd=32 --block_size=32', env=ENV)
+    assert 'run 1/1 reference' in p.stdout and '0 ablation run(s)' in p.stdout.splitlines()[-1]
