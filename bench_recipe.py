@@ -11,6 +11,7 @@ the overall figure is total bits over total bytes, so runs on different encoding
     python bench_recipe.py                                        # reference vs fast, 150 s each
     python bench_recipe.py --budget=90 --ablate="['p50k_base', 'r50k_base --optimizer=muon']"
     python bench_recipe.py --budget=30 --fast='' --ablate="['r50k_base --zero_init_proj=True']"  # ablations only
+    python bench_recipe.py --budget=60 --ablate="['fast --zero_init_proj=False']"   # the fast recipe less one part
 
 Prints the curves as a table, writes them to a PNG, and ends with: target = the reference's final
 overall val bpb, the time each run takes to reach it, and the speedup = the reference's
@@ -30,7 +31,7 @@ budget = 150.0  # training seconds per run
 evals = 10  # evals per run, at fixed shares of the budget
 reference = 'config/train_github_code_124m.py'  # the reference recipe (AdamW 6e-4, warmup, cosine), on r50k_base
 fast = 'config/train_github_code_124m_fast.py'  # the fast recipe, on p50k_base; '' = only the reference and the ablations
-ablate = []  # extra runs of the reference recipe: '<encoding> [train.py flags]', e.g. 'p50k_base', 'r50k_base --optimizer=muon'
+ablate = []  # extra runs: '<encoding> [train.py flags]' on the reference recipe (e.g. 'r50k_base --optimizer=muon'), or 'fast <flags>' on the fast one (e.g. 'fast --zero_init_proj=False')
 local_paths = [sysconfig.get_paths()['purelib']]  # the corpus: these source trees, each top folder a repository
 work_dir = 'data/bench-recipe'  # parquet/, tokens-<encoding>/, runs/<name>/
 val_fraction = 0.05  # share of repositories (packages) held out
@@ -57,6 +58,17 @@ def run(cmd, what):
     return p.stdout
 
 
+# --- the runs, checked before any work: (name, config file, encoding, train.py flags) ----------
+runs = [('reference', reference, 'r50k_base', '')] + ([('fast', fast, 'p50k_base', '')] if fast else [])
+for v in ablate:
+    head, flags = (v.split() or [''])[0], ' '.join(v.split()[1:])
+    if head == 'fast' and not fast:
+        die(f"ablate entry '{v}' runs the fast recipe, but fast=''; pass --fast=<its config file>")
+    runs.append((f"fast {flags}", fast, 'p50k_base', flags) if head == 'fast' else (f"ref + {v}", reference, head, flags))
+for name, cfg, enc, _ in runs:
+    if enc not in ('r50k_base', 'p50k_base'):
+        die(f"ablate entry '{name}': '{enc}' is not r50k_base, p50k_base or fast; start each entry with one of them")
+
 # --- the corpus, once per encoding -------------------------------------------------------------
 parquet = os.path.join(work_dir, 'parquet')
 tokens = {enc: os.path.join(work_dir, f'tokens-{enc}') for enc in ('r50k_base', 'p50k_base')}
@@ -78,11 +90,6 @@ def max_iters_of(config_file):
     return scope.get('max_iters', 427000)
 
 
-runs = [('reference', reference, 'r50k_base', '')] + ([('fast', fast, 'p50k_base', '')] if fast else [])
-runs += [(f"ref + {v}", reference, v.split()[0], ' '.join(v.split()[1:])) for v in ablate]
-for name, cfg, enc, _ in runs:
-    if enc not in tokens:
-        die(f"run '{name}': encoding '{enc}' is not one of {', '.join(tokens)}")
 curves, ends = {}, {}
 for i, (name, cfg, enc, flags) in enumerate(runs):
     out = os.path.join(work_dir, 'runs', name.replace(' ', '').replace('+', '_').replace('-', ''))

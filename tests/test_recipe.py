@@ -130,11 +130,11 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))  # 'email' is held out for val
     work = tmp_path / 'br'
     p = run_script('bench_recipe.py', '--budget=3', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
-                   '--val_fraction=0.15', "--ablate=['r50k_base --zero_init_proj=True']",
+                   '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=False']",
                    '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
                    env=ENV)
     curves = {}
-    for name in ('reference', 'fast', 'ref_r50k_basezero_init_proj=True'):
+    for name in ('reference', 'fast', 'fastzero_init_proj=False'):
         log = read_log(work / 'runs' / name)
         curves[name] = [e['val_bpb'] for e in log if e['event'] == 'eval']
         assert len(curves[name]) == 3 and curves[name][-1] < curves[name][0]  # step 0, half the budget, the end
@@ -142,8 +142,14 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     assert ref_rows and ref_rows[-1].split()[-1] == '1.00x'  # the reference reaches its own final bpb at its end
     assert f"target {curves['reference'][-1]:.4f} bpb" in p.stdout.splitlines()[-1]
     assert 'speedup' in p.stdout.splitlines()[-1] and (work / 'recipe.png').stat().st_size > 1000
-    # ablations only: the fast slot is left out
+    assert not load_checkpoint(work / 'runs' / 'fastzero_init_proj=False' / 'ckpt.pt')['config']['zero_init_proj']
+    # ablations of the reference only: the fast slot is left out
     p = run_script('bench_recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
-                   "--fast=", '--val_fraction=0.15', '--extra=--compile=False --device=cpu --dtype=float32 '
-                   '--n_layer=2 --n_head=2 --n_embd=32 --block_size=32', env=ENV)
-    assert 'run 1/1 reference' in p.stdout and '0 ablation run(s)' in p.stdout.splitlines()[-1]
+                   "--fast=", '--val_fraction=0.15', "--ablate=['p50k_base']", '--extra=--compile=False --device=cpu '
+                   '--dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32', env=ENV)
+    assert 'run 1/2 reference' in p.stdout and 'run 2/2 ref + p50k_base' in p.stdout
+    assert '1 ablation run(s)' in p.stdout.splitlines()[-1]
+    for bad, needle in ((["--fast=", "--ablate=['fast --zero_init_proj=False']"], "pass --fast="),
+                        (["--ablate=['cl100k_base']"], "'cl100k_base' is not")):
+        p = run_script('bench_recipe.py', f'--work_dir={tmp_path / "never"}', *bad, check=False)
+        assert p.returncode != 0 and needle in p.stdout + p.stderr and not (tmp_path / 'never').exists()
