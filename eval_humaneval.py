@@ -258,6 +258,10 @@ if __name__ == '__main__':
             f"and processes (sandbox.py says what it does not contain); run as root, e.g. in a container, or pass "
             f"--sandbox_uid=-1 to accept that")
     print(f"sandbox: {workers} workers, {timeout}s, {memory_mb} MiB, running as {isolation}")
+    if uid_base is None:
+        print("warning: completions run as you: only the guard keeps them from your files (ctypes gets past it), "
+              "a process that leaves its group outlives the run, and the process limit counts all your processes; "
+              "run as root for a uid per worker (sandbox.py)")
     pool, check = sandbox.start_pool(workers, uid_base=uid_base, python=python, timeout=timeout,
                                      memory_mb=memory_mb, max_procs=max_procs)
     records = [done[p['task_id']] for p in problems if p['task_id'] in done]

@@ -315,6 +315,7 @@ def test_without_root_the_same_user_sandbox_runs_only_when_asked_for(tmp_path):
     assert not (tmp_path / 'a' / 'results.jsonl').exists()
     p = run(f'--eval_dir={tmp_path / "b"}', '--sandbox_uid=-1')
     assert p.returncode == 0 and 'solved 2/2' in p.stdout, p.stderr
+    assert 'warning: completions run as you' in p.stdout  # the weaker mode says so on start-up
 
 
 # ----------------------------------------------------------------------------- end to end
