@@ -36,7 +36,7 @@ n_embd = 768
 block_size = 1024  # context length; prompt_len + max_new_tokens should fit, or both paths re-read a cut context
 warmup_tokens = 8  # a short untimed generation first (CUDA kernels, allocator, compilation)
 compile_step = torch.cuda.is_available()  # also time the cache with its decode step torch.compiled (~30 s per batch size)
-seed = 1337
+seed = 1337  # the random weights and prompts follow from it
 config = configure(globals())
 # -----------------------------------------------------------------------------
 

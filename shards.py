@@ -17,6 +17,7 @@ tokens for runs of 2 to 25 spaces, ids 50257-50280). Both keep <|endoftext|> at 
 uint16 and the 50304-row padded embedding. The manifest says which; every later stage reads it
 from there (train.py) or from the checkpoint's 'encoding' key (sample, evals, export).
 """
+import functools
 import json
 import math
 import os
@@ -117,25 +118,46 @@ def window_starts(shards, block_size):
     return np.cumsum(counts)
 
 
-def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None, n_vocab=None):
+def epoch_windows(cum_starts, block_size):
+    """sampling='epoch': cumulative count of the windows each shard is cut into (at 0, T, 2T, ...)."""
+    return np.cumsum(-(-np.diff(cum_starts, prepend=0) // block_size))  # ceil(starts / T) per shard
+
+
+@functools.lru_cache(maxsize=2)  # a step may straddle two epochs
+def epoch_order(seed, epoch, n):
+    """The order in which epoch `epoch` visits its n windows: a permutation keyed by (seed, epoch)."""
+    return np.random.default_rng([seed, epoch, n]).permutation(n).astype(np.int32 if n < 2**31 else np.int64)
+
+
+def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None, n_vocab=None, sampling='random'):
     """Rows `rows` (a range) of step `step`'s batch of `step_rows` windows: (len(rows), block_size+1) int64,
     written into `out` when given (train.py passes a pinned buffer, saving a copy). With n_vocab, an id
     at or beyond it (a damaged shard) exits naming the shard instead of failing inside torch.
 
-    Every start position in every shard is equally likely, so shards are drawn in proportion
-    to their length. The generator is keyed by (seed, step) alone and always draws the whole
-    step's batch, so a step sees the same windows however it is split into micro-batches and
-    DDP ranks (4 x 8 on one GPU, 32 x 1, or 2 ranks x 16), and a resumed run draws exactly
-    the batches the uninterrupted run would.
+    sampling='random' (nanoGPT's): every start position in every shard is equally likely, so shards
+    are drawn in proportion to their length, with replacement. sampling='epoch': each shard is cut
+    into windows at 0, block_size, 2*block_size, ... (each token an input once), and the run walks
+    through all of them in one order per epoch, so no window comes twice before every one has come.
+    Either way the draw depends on (seed, step) alone and covers the whole step's batch, so a step
+    sees the same windows however it is split into micro-batches and DDP ranks (4 x 8 on one GPU,
+    32 x 1, or 2 ranks x 16), and a resumed run draws exactly the batches the uninterrupted run would.
     """
-    rng = np.random.default_rng([seed, step])
-    g = rng.integers(0, cum_starts[-1], size=step_rows)[rows.start:rows.stop]  # global start ids
-    which = np.searchsorted(cum_starts, g, side='right')  # shard of each start
-    local = g - np.concatenate(([0], cum_starts[:-1]))[which]
+    if sampling == 'epoch':
+        cum_windows = epoch_windows(cum_starts, block_size)
+        n = int(cum_windows[-1])
+        pos = step * step_rows + np.arange(rows.start, rows.stop)  # places in the run's sequence of windows
+        w = np.array([epoch_order(seed, int(e), n)[p] for e, p in zip(pos // n, pos % n)], dtype=np.int64)
+        which = np.searchsorted(cum_windows, w, side='right')  # shard of each window
+        local = (w - np.concatenate(([0], cum_windows[:-1]))[which]) * block_size
+    else:
+        rng = np.random.default_rng([seed, step])
+        g = rng.integers(0, cum_starts[-1], size=step_rows)[rows.start:rows.stop]  # global start ids
+        which = np.searchsorted(cum_starts, g, side='right')  # shard of each start
+        local = g - np.concatenate(([0], cum_starts[:-1]))[which]
     if out is None:
-        out = np.empty((len(g), block_size + 1), dtype=np.int64)
-    assert out.shape == (len(g), block_size + 1), (out.shape, len(g), block_size)
-    for b in range(len(g)):
+        out = np.empty((len(which), block_size + 1), dtype=np.int64)
+    assert out.shape == (len(which), block_size + 1), (out.shape, len(which), block_size)
+    for b in range(len(which)):
         out[b] = shards[which[b]][local[b]:local[b] + block_size + 1]
     if n_vocab is not None and out.max(initial=0) >= n_vocab:  # ~10 us a micro-batch
         b = int(np.argmax(out.max(axis=1) >= n_vocab))

@@ -57,6 +57,7 @@ batch_size = 4  # micro-batch, sequences per rank per forward
 gradient_accumulation_steps = 8  # micro-batches per step, all ranks together (divided among them)
 block_size = 1024  # context length in tokens
 seed = 1337  # model init, batch order and dropout all follow from it
+sampling = 'random'  # train windows: 'random' (any start, with replacement: nanoGPT's) or 'epoch' (block_size tiles, each once per epoch)
 # model
 n_layer = 12
 n_head = 12
@@ -122,6 +123,8 @@ if optimizer not in ('adamw', 'muon'):
     die(f"optimizer='{optimizer}' is not 'adamw' or 'muon'")
 if lr_schedule not in ('cosine', 'wsd') or not 0 <= cooldown_frac <= 1:
     die(f"lr_schedule='{lr_schedule}' must be 'cosine' or 'wsd', cooldown_frac={cooldown_frac} in [0, 1]")
+if sampling not in ('random', 'epoch'):
+    die(f"sampling='{sampling}' is not 'random' or 'epoch'")
 if max_seconds and ddp:
     die("max_seconds (a budget of training seconds) runs on one process; under torchrun use max_iters")
 if gradient_accumulation_steps % world:
@@ -160,6 +163,10 @@ TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart
 
 
 step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
+if sampling == 'epoch':
+    n_windows = int(shards.epoch_windows(cum_starts, block_size)[-1])
+    say(f"sampling='epoch': {n_windows:,} windows of {block_size} tokens an epoch; max_iters={max_iters} "
+        f"makes {max_iters * step_rows / n_windows:.2f} epochs")
 
 
 pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffers with the event of their last copy
@@ -180,14 +187,14 @@ def fetch(step, first_row, rows, seed=seed):
             buf, done = ring.pop(0)
             done.synchronize()
         t = time.time()
-        shards.get_batch(*args, out=buf.numpy(), n_vocab=data_vocab)  # the windows go straight into pinned memory
+        shards.get_batch(*args, out=buf.numpy(), n_vocab=data_vocab, sampling=sampling)  # straight into pinned memory
         data_time += time.time() - t
         xy = buf.to(rank_device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
         t = time.time()
-        xy = torch.from_numpy(shards.get_batch(*args, n_vocab=data_vocab)).to(rank_device)
+        xy = torch.from_numpy(shards.get_batch(*args, n_vocab=data_vocab, sampling=sampling)).to(rank_device)
         data_time += time.time() - t
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 

@@ -65,6 +65,29 @@ def test_get_batch_is_split_invariant_reads_real_windows_and_fills_out(token_dir
     assert not np.array_equal(whole, shards.get_batch(train_shards, cum, 7, 4, range(0, 8), 8, T))
 
 
+def test_epoch_sampling_serves_every_tile_once_per_epoch_in_a_new_order_each_epoch(token_dir):
+    _, train_shards, _ = shards.open_shards(token_dir)
+    T, step_rows = 32, 8
+    cum = shards.window_starts(train_shards, T)
+    n = int(shards.epoch_windows(cum, T)[-1])
+    steps = 2 * n // step_rows + 1  # two epochs and a bit
+    seen = np.concatenate([shards.get_batch(train_shards, cum, 7, s, range(step_rows), step_rows, T, sampling='epoch')
+                           for s in range(steps)])  # (steps * step_rows, T+1)
+    tiles = sorted(s[k * T:k * T + T + 1].astype(np.int64).tobytes() for s in train_shards
+                   for k in range(-(-(len(s) - T) // T)))  # every shard cut at 0, T, 2T, ...
+    assert len(tiles) == n and all(len(t) == (T + 1) * 8 for t in tiles)
+    first, second = seen[:n], seen[n:2 * n]
+    assert sorted(r.tobytes() for r in first) == tiles  # each tile exactly once in the first epoch
+    assert sorted(r.tobytes() for r in second) == tiles  # and again in the second
+    assert not np.array_equal(first, second)  # in another order
+    # a step that straddles the two epochs splits into micro-batches like any other
+    s = n // step_rows
+    whole = shards.get_batch(train_shards, cum, 7, s, range(step_rows), step_rows, T, sampling='epoch')
+    halves = [shards.get_batch(train_shards, cum, 7, s, range(a, a + 4), step_rows, T, sampling='epoch') for a in (0, 4)]
+    assert np.array_equal(np.concatenate(halves), whole)
+    assert not np.array_equal(first, shards.get_batch(train_shards, cum, 8, 0, range(n), n, T, sampling='epoch'))
+
+
 # --- the first eval, logs and plots ----------------------------------------------------------------
 
 def test_init_loss_is_ln_vocab_and_logs_and_plot_are_written(token_dir, tmp_path):
@@ -110,9 +133,10 @@ def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
 
 # --- resume, best checkpoint, early stop ----------------------------------------------------------
 
-def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path):
+@pytest.mark.parametrize('sampling', ['random', 'epoch'])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, sampling):
     # dropout on, so the resumed run must also restore the RNG
-    common = ['--eval_interval=4', '--dropout=0.1']
+    common = ['--eval_interval=4', '--dropout=0.1', f'--sampling={sampling}']
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     train(token_dir, straight, '--max_iters=8', *common)
     train(token_dir, split, '--max_iters=4', *common)
@@ -306,7 +330,8 @@ def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
                         ('--gradient_accumulation_steps=0', 'gradient_accumulation_steps=0'),
                         ('--batch_size=0', 'batch_size=0'), ('--max_iters=-1', 'max_iters=-1'),
                         (str(nan_config), 'learning_rate=nan'), ('--n_head=3', 'n_head=3'),
-                        ('--optimizer=sgd', "optimizer='sgd'"), ('--lr_schedule=step', "lr_schedule='step'")]:
+                        ('--optimizer=sgd', "optimizer='sgd'"), ('--lr_schedule=step', "lr_schedule='step'"),
+                        ('--sampling=shuffle', "sampling='shuffle'")]:
         out = tmp_path / 'bad'
         p = train(token_dir, out, bad, check=False)
         one_line_error(p, needle)
