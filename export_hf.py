@@ -11,8 +11,9 @@ half written.
 
 The mapping: our nn.Linear weights are (out, in), HF's Conv1D are (in, out), so they are
 transposed; the vocab padded to 50304 is cropped back to the encoding's 50257 or 50281 (the pad
-rows are never a target); lm_head is tied to wte as in ours; a model trained with bias=False gets zero biases
-(LayerNorm without bias == LayerNorm with a zero bias); activation 'gelu' is the exact erf GELU
+rows are never a target); lm_head is tied to wte as in ours (or stored apart for tie_head=False); a
+model trained with bias=False gets zero biases (LayerNorm without bias == LayerNorm with a zero
+bias); activation 'gelu' is the exact erf GELU
 of our nn.GELU() ('gelu_new', the tanh one, for a model started from OpenAI's weights);
 layer_norm_epsilon 1e-5 is nn.LayerNorm's default. The mapping is pretrained.to_hf.
 
@@ -88,7 +89,7 @@ if os.path.isdir(export_dir) and os.listdir(export_dir) and not os.path.isfile(o
 hf_config = GPT2Config(vocab_size=n_vocab, n_positions=cfg.block_size, n_embd=cfg.n_embd, n_layer=cfg.n_layer,
                        n_head=cfg.n_head, n_inner=4 * cfg.n_embd, activation_function='gelu_new' if cfg.gelu == 'tanh' else 'gelu',
                        resid_pdrop=cfg.dropout, embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout,
-                       layer_norm_epsilon=1e-5, bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=True,
+                       layer_norm_epsilon=1e-5, bos_token_id=EOT, eos_token_id=EOT, tie_word_embeddings=cfg.tie_head,
                        architectures=['GPT2LMHeadModel'])
 hf = GPT2LMHeadModel(hf_config)
 hf.load_state_dict(to_hf(model.state_dict(), cfg.n_layer, cfg.n_embd, n_vocab), strict=True)  # every key, every shape

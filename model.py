@@ -22,6 +22,7 @@ class GPTConfig:
     dropout: float = 0.0
     bias: bool = False  # bias in Linears and LayerNorms; False is a little better and faster
     gelu: str = 'none'  # 'none': exact (erf) GELU; 'tanh': its approximation, which OpenAI's GPT-2 weights use
+    tie_head: bool = True  # the output head is the token embedding (GPT-2); False: a matrix of its own
 
 
 class CausalSelfAttention(nn.Module):
@@ -107,8 +108,8 @@ class GPT(nn.Module):
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # weight tying: the output head reuses the token embedding (saves 38M params at 124M)
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_head:  # weight tying: the output head reuses the token embedding (saves 38M params at 124M)
+            self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
         # GPT-2: residual projections scaled by 1/sqrt(2*n_layer), two per block add to the stream
         for pn, p in self.named_parameters():
@@ -124,7 +125,8 @@ class GPT(nn.Module):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
 
     def num_params(self, non_embedding=False):
-        """Unique parameters (the tied wte/lm_head matrix counted once); non_embedding drops wte and wpe."""
+        """Unique parameters (a tied wte/lm_head matrix counted once); non_embedding drops wte and wpe (an
+        untied head stays: it is a matmul)."""
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wte.weight.numel() + self.transformer.wpe.weight.numel()
@@ -160,7 +162,7 @@ class GPT(nn.Module):
     def configure_optimizers(self, weight_decay, learning_rate, betas, device_type, muon=None):
         """[AdamW] over every parameter; or, with muon=dict(lr=, momentum=, weight_decay=), [AdamW, Muon]:
         Muon on the blocks' weight matrices (q/k/v, projections, MLP) and AdamW on the rest (the
-        embeddings, wte being the head too, LayerNorm gains and biases), which Muon does not fit.
+        embeddings and the head, tied or not, LayerNorm gains and biases), which Muon does not fit.
         The caller sets each group's 'lr' at every step (its schedule)."""
         hidden = [p for n, p in self.named_parameters() if muon and n.startswith('transformer.h.') and p.dim() == 2]
         rest = [p for p in self.parameters() if all(p is not h for h in hidden)]
@@ -175,10 +177,12 @@ class GPT(nn.Module):
         return opts
 
     def flops_per_token(self):
-        """Training FLOPs per token (forward + backward): 6 per weight plus attention's 12*L*H*Q*T (PaLM)."""
+        """Training FLOPs per token (forward + backward): 6 per matmul weight plus attention's 12*L*H*Q*T
+        (PaLM). A tied wte counts once, as the head; an untied wte is a lookup, no matmul."""
         cfg = self.config
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * self.num_params() + 12 * L * H * Q * T
+        lookup = 0 if cfg.tie_head else self.transformer.wte.weight.numel()
+        return 6 * (self.num_params() - lookup) + 12 * L * H * Q * T
 
     def generate(self, idx, max_new_tokens, **kwargs):
         """Continue each row of idx (b, t) by up to max_new_tokens tokens: (b, t + n). Sampling, stop

@@ -8,7 +8,8 @@ cache (HF_HOME, HF_ENDPOINT as usual; an interrupted download resumes), and each
 against the hash the hub gave for it. A fine-tune resumes from its ckpt.pt, never from the hub.
 
 The mapping: HF's Conv1D weights are (in, out), our nn.Linear's (out, in), so they are transposed;
-the causal-mask buffers are dropped; the head is tied to wte in both. OpenAI's weights were trained
+the causal-mask buffers are dropped; the head is tied to wte in both (unless tie_head=False: then
+config.json says tie_word_embeddings=false and lm_head.weight is stored). OpenAI's weights were trained
 with the tanh approximation of GELU ('gelu_new'), which our MLP then uses too (gelu='tanh'). The
 vocabulary is padded to vocab_size, and rows the model lacks start as follows:
 - p50k_base's 24 runs of 2-25 spaces (ids 50257-50280) start as the mean of the rows of the r50k_base
@@ -136,9 +137,14 @@ def load(init_from, block_size, vocab_size, encoding):
         ours['transformer.ln_f.weight'], ours['transformer.ln_f.bias'] = sd['ln_f.weight'], sd['ln_f.bias']
     except KeyError as e:
         die(f"{folder}/model.safetensors has no {e.args[0]} for its {n_layer} layers: not a GPT-2 state dict")
-    ours['lm_head.weight'] = ours['transformer.wte.weight']  # tied
+    tied = cfg.get('tie_word_embeddings', True)  # OpenAI's are; an export of an untied model is not
+    if not tied and 'lm_head.weight' not in sd:
+        die(f"{folder}/config.json unties the head but model.safetensors has no lm_head.weight: not a GPT-2 state dict")
+    ours['lm_head.weight'] = ours['transformer.wte.weight'] if tied else \
+        embeddings(sd['lm_head.weight'], vocab_size, encoding, init_from)  # (vocab_size, C), rows as for wte
     tanh = cfg.get('activation_function', 'gelu_new') != 'gelu'
-    args = dict(n_layer=n_layer, n_head=cfg.get('n_head', 12), n_embd=n_embd, bias=True, gelu='tanh' if tanh else 'none')
+    args = dict(n_layer=n_layer, n_head=cfg.get('n_head', 12), n_embd=n_embd, bias=True, gelu='tanh' if tanh else 'none',
+                tie_head=tied)
     return args, ours
 
 
@@ -175,5 +181,5 @@ def to_hf(sd, n_layer, n_embd, n_vocab):
             out[f'{key}.bias'] = sd.get(f'{key}.bias', torch.zeros(width))
     out['transformer.ln_f.weight'] = sd['transformer.ln_f.weight']
     out['transformer.ln_f.bias'] = sd.get('transformer.ln_f.bias', torch.zeros(n_embd))
-    out['lm_head.weight'] = wte  # tied, as in ours
+    out['lm_head.weight'] = sd['lm_head.weight'][:n_vocab]  # wte itself when tied, as in ours
     return out

@@ -14,11 +14,12 @@ from model import GPT, GPTConfig
 transformers = pytest.importorskip('transformers', reason='pip install transformers safetensors')
 
 
-def noisy_checkpoint(path, bias):
+def noisy_checkpoint(path, bias, tie_head=True):
     """A tiny GPT whose every weight (LayerNorm gains and biases too) is random, so a missed
     transpose or a dropped bias shows in the logits."""
     torch.manual_seed(0)
-    args = dict(n_layer=2, n_head=4, n_embd=64, block_size=128, vocab_size=50304, bias=bias, dropout=0.0)
+    args = dict(n_layer=2, n_head=4, n_embd=64, block_size=128, vocab_size=50304, bias=bias, dropout=0.0,
+                tie_head=tie_head)
     model = GPT(GPTConfig(**args))
     with torch.no_grad():
         for p in model.parameters():
@@ -37,17 +38,18 @@ def code_tokens(n_docs=4, length=128):
     return torch.tensor(stream[:n_docs * length]).view(n_docs, length)  # (b, t), documents and their borders
 
 
-@pytest.mark.parametrize('bias', [False, True], ids=['no-bias', 'bias'])
-def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias):
-    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', bias)
+@pytest.mark.parametrize('bias, tie_head', [(False, True), (True, True), (False, False)],
+                         ids=['no-bias', 'bias', 'untied-head'])
+def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_head):
+    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', bias, tie_head)
     p = run_script('export_hf.py', f'--out_dir={tmp_path}', '--tokenizer=False', '--verify=False')
     folder = tmp_path / 'hf'
     assert {'config.json', 'model.safetensors'} <= set(os.listdir(folder))
     cfg = json.load(open(folder / 'config.json'))
     assert cfg['vocab_size'] == 50257 and cfg['n_positions'] == 128 and cfg['activation_function'] == 'gelu'
-    assert cfg['layer_norm_epsilon'] == 1e-5 and cfg['tie_word_embeddings'] is True
+    assert cfg['layer_norm_epsilon'] == 1e-5 and cfg['tie_word_embeddings'] is tie_head
     hf = transformers.GPT2LMHeadModel.from_pretrained(folder).float().eval()
-    assert hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()  # tied
+    assert (hf.lm_head.weight.data_ptr() == hf.transformer.wte.weight.data_ptr()) is tie_head
     x = code_tokens()
     with torch.no_grad():
         ours, _ = model(x, targets=x, return_logits=True)  # every position's logits, (b, t, 50304)
@@ -55,6 +57,15 @@ def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias):
     assert theirs.shape == (*x.shape, 50257)
     assert (ours[..., :50257] - theirs).abs().max().item() < 1e-4
     assert 'export:' in p.stdout
+    # and back: the folder read as an init_from gives the same model, its head tied or not as exported
+    import pretrained
+    args, sd = pretrained.load(str(folder), 128, 50304, 'r50k_base')
+    assert args['tie_head'] is tie_head
+    back = GPT(GPTConfig(block_size=128, vocab_size=50304, **args))
+    back.load_state_dict(sd)
+    with torch.no_grad():
+        again, _ = back.eval()(x, targets=x, return_logits=True)
+    assert (again[..., :50257] - ours[..., :50257]).abs().max().item() < 1e-4
 
 
 def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):

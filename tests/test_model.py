@@ -208,8 +208,9 @@ def test_configure_optimizers_decays_matrices_only():
     assert len(ids) == len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
 
 
-def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once():
-    model = tiny(bias=True)
+@pytest.mark.parametrize('tie_head', [True, False], ids=['tied', 'untied'])
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(tie_head):
+    model = tiny(bias=True, tie_head=tie_head)
     adamw, muon = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu',
                                              muon=dict(lr=0.02, momentum=0.95, weight_decay=0.0))
     assert isinstance(muon, torch.optim.Muon)
@@ -220,7 +221,8 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once()
     L = model.config.n_layer
     assert sorted(in_muon) == sorted(f'transformer.h.{i}.{m}.weight' for i in range(L)
                                      for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
-    assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw  # wte is the head too
+    assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw
+    assert ('lm_head.weight' in in_adamw) is not tie_head  # a tied head is wte, listed once under that name
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
 
 
@@ -236,5 +238,8 @@ def test_flops_per_token_of_gpt2_124m_is_the_hand_computed_figure():
     # = 124,373,760; 6 FLOPs each = 746,242,560. Attention: 12 layers x 12 heads x 64 x 1024 x 12
     # = 113,246,208. Total 859,488,768 FLOPs per token.
     with torch.device('meta'):
-        big = GPT(GPTConfig())
+        big, untied = GPT(GPTConfig()), GPT(GPTConfig(tie_head=False))
     assert big.flops_per_token() == 859_488_768
+    # an untied head adds 38.6M weights but no FLOPs: the embedding it frees is a lookup
+    assert untied.num_params() == big.num_params() + 50304 * 768
+    assert untied.flops_per_token() == 859_488_768

@@ -133,14 +133,15 @@ def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
 
 # --- resume, best checkpoint, early stop ----------------------------------------------------------
 
-@pytest.mark.parametrize('sampling', ['random', 'epoch'])
-def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, sampling):
+@pytest.mark.parametrize('flags', [[], ['--sampling=epoch', '--tie_head=False']], ids=['default', 'epoch-untied'])
+def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, flags):
     # dropout on, so the resumed run must also restore the RNG
-    common = ['--eval_interval=4', '--dropout=0.1', f'--sampling={sampling}']
+    common = ['--eval_interval=4', '--dropout=0.1', *flags]
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     train(token_dir, straight, '--max_iters=8', *common)
     train(token_dir, split, '--max_iters=4', *common)
-    p = train(token_dir, split, '--max_iters=8', '--init_from=resume', *common)
+    p = train(token_dir, split, '--max_iters=8', '--init_from=resume',
+              *[f for f in common if not f.startswith('--tie_head')])  # the head's shape comes from ckpt.pt
     assert 'resuming' in p.stdout
     a, b = train_losses(read_log(straight)), train_losses(read_log(split))
     assert sorted(a) == list(range(8)) and a == b  # floats compared exactly
@@ -151,6 +152,9 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, sa
     sa, sb = ca['optimizer']['state'], cb['optimizer']['state']
     assert all(torch.equal(sa[i]['exp_avg_sq'], sb[i]['exp_avg_sq']) for i in sa)
     assert [e['event'] for e in read_log(split)].count('start') == 2  # the log is appended
+    untied = '--tie_head=False' in flags  # the resumed model took the checkpoint's head, not the default
+    assert cb['model_args']['tie_head'] is not untied
+    assert torch.equal(cb['model']['lm_head.weight'], cb['model']['transformer.wte.weight']) is not untied
 
 
 def test_best_checkpoint_is_lowest_val_loss_and_early_stop_after_patience(token_dir, tmp_path):
