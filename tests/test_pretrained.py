@@ -190,6 +190,13 @@ def test_pretrained_inputs_that_cannot_work_are_one_line_each(token_dir, gpt2_fo
     half.mkdir()
     (half / 'config.json').write_bytes((gpt2_folder / 'config.json').read_bytes())
     one_line_error(go(f'--init_from={half}'), 'has no model.safetensors')
+    untied = tmp_path / 'untied'  # says its head is its own, but stores none
+    untied.mkdir()
+    cfg = json.loads((gpt2_folder / 'config.json').read_text())
+    (untied / 'config.json').write_text(json.dumps({**cfg, 'tie_word_embeddings': False}))
+    (untied / 'model.safetensors').write_bytes((gpt2_folder / 'model.safetensors').read_bytes())
+    one_line_error(go(f'--init_from={untied}'), 'unties the head', 'no lm_head.weight')
+    one_line_error(go('--init_from=gpt2', '--tie_head=False'), 'another shape', 'tie_head=True (config: False)')
     assert not (tmp_path / 'o' / 'ckpt.pt').exists()
     # a hub repo without the weights file
     files = Hub.files
