@@ -123,7 +123,7 @@ def epoch_windows(cum_starts, block_size):
     return np.cumsum(-(-np.diff(cum_starts, prepend=0) // block_size))  # ceil(starts / T) per shard
 
 
-@functools.lru_cache(maxsize=2)  # a step may straddle two epochs
+@functools.lru_cache(maxsize=4)  # a step may straddle two epochs; train.py's train-loss estimate has a stream too
 def epoch_order(seed, epoch, n):
     """The order in which epoch `epoch` visits its n windows: a permutation keyed by (seed, epoch)."""
     return np.random.default_rng([seed, epoch, n]).permutation(n).astype(np.int32 if n < 2**31 else np.int64)
