@@ -23,6 +23,7 @@ class GPTConfig:
     bias: bool = False  # bias in Linears and LayerNorms; False is a little better and faster
     gelu: str = 'none'  # 'none': exact (erf) GELU; 'tanh': its approximation, which OpenAI's GPT-2 weights use
     tie_head: bool = True  # the output head is the token embedding (GPT-2); False: a matrix of its own
+    split_qkv: bool = False  # q, k and v as three (n_embd, n_embd) matrices, so Muon orthogonalises each on its own
 
 
 class CausalSelfAttention(nn.Module):
@@ -30,16 +31,28 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, config):
         super().__init__()
         assert config.n_embd % config.n_head == 0
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
+        if config.split_qkv:  # three parameters, still one matmul (qkv below); GPT-2's c_attn is their stack
+            self.c_q, self.c_k, self.c_v = (nn.Linear(config.n_embd, config.n_embd, bias=config.bias) for _ in range(3))
+        else:
+            self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)  # q, k, v in one matmul
         self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.n_embd = config.n_embd
         self.dropout = config.dropout
+        self.split_qkv = config.split_qkv
+
+    def qkv(self, x):
+        """(B, T, 3 * n_embd): q, k and v side by side, from c_attn or from the stack of c_q, c_k, c_v."""
+        if not self.split_qkv:
+            return self.c_attn(x)
+        parts = (self.c_q, self.c_k, self.c_v)
+        bias = torch.cat([m.bias for m in parts]) if parts[0].bias is not None else None
+        return F.linear(x, torch.cat([m.weight for m in parts]), bias)  # (3 * n_embd, n_embd) weight
 
     def forward(self, x, cache=None, pos=0, mask=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        q, k, v = self.qkv(x).split(self.n_embd, dim=2)
         q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)
         v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)  # (B, nh, T, hs)

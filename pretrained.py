@@ -9,7 +9,8 @@ against the hash the hub gave for it. A fine-tune resumes from its ckpt.pt, neve
 
 The mapping: HF's Conv1D weights are (in, out), our nn.Linear's (out, in), so they are transposed;
 the causal-mask buffers are dropped; the head is tied to wte in both (unless tie_head=False: then
-config.json says tie_word_embeddings=false and lm_head.weight is stored). OpenAI's weights were trained
+config.json says tie_word_embeddings=false and lm_head.weight is stored); a model with split_qkv
+writes its c_q, c_k and c_v stacked as c_attn. OpenAI's weights were trained
 with the tanh approximation of GELU ('gelu_new'), which our MLP then uses too (gelu='tanh'). The
 vocabulary is padded to vocab_size, and rows the model lacks start as follows:
 - p50k_base's 24 runs of 2-25 spaces (ids 50257-50280) start as the mean of the rows of the r50k_base
@@ -169,6 +170,11 @@ def embeddings(wte, vocab_size, encoding, init_from):
 def to_hf(sd, n_layer, n_embd, n_vocab):
     """Our GPT state dict -> GPT2LMHeadModel's: crop the vocab, transpose Conv1D weights, zero missing biases."""
     sd = {k.removeprefix('_orig_mod.'): v.float() for k, v in sd.items()}
+    for i in range(n_layer):  # split_qkv: GPT-2 keeps q, k and v stacked in one c_attn
+        attn = f'transformer.h.{i}.attn'
+        for kind in ('weight', 'bias'):
+            if f'{attn}.c_q.{kind}' in sd:
+                sd[f'{attn}.c_attn.{kind}'] = torch.cat([sd.pop(f'{attn}.c_{part}.{kind}') for part in 'qkv'])
     wte = sd['transformer.wte.weight'][:n_vocab]  # (n_vocab, n_embd)
     out = {'transformer.wte.weight': wte, 'transformer.wpe.weight': sd['transformer.wpe.weight']}
     widths = {'ln_1': n_embd, 'attn.c_attn': 3 * n_embd, 'attn.c_proj': n_embd, 'ln_2': n_embd,

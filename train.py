@@ -67,6 +67,7 @@ bias = False  # bias in Linears and LayerNorms
 gelu = 'none'  # MLP activation: 'none' (exact GELU) or 'tanh' (its approximation; set by a pretrained init_from)
 tie_head = True  # the output head is the token embedding (GPT-2's); False gives the head a matrix of its own (+38.6M at 124M)
 vocab_size = 50304  # the encodings' 50257 or 50281 ids padded to a multiple of 64 for faster matmuls
+split_qkv = False  # q, k and v as three matrices (Muon then orthogonalises each apart); False: GPT-2's one c_attn
 zero_init_proj = False  # start the residual projections (attention and MLP c_proj) at zero: each block starts as the identity
 # optimizer: AdamW on everything, or Muon on the blocks' weight matrices and AdamW on the rest
 optimizer = 'adamw'  # 'adamw' or 'muon'
@@ -230,7 +231,8 @@ if not val_batches:
 
 # --- model and optimizer ----------------------------------------------------------------------
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
-                  bias=bias, vocab_size=vocab_size, dropout=dropout, gelu=gelu, tie_head=tie_head)
+                  bias=bias, vocab_size=vocab_size, dropout=dropout, gelu=gelu, tie_head=tie_head,
+                  split_qkv=split_qkv)
 ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
 if master:
     lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
@@ -246,10 +248,12 @@ if init_from == 'resume':
     if missing:
         die(f"{ckpt_path} holds a model but no training state ({', '.join(missing)}), so it cannot be resumed; "
             f"pass a fresh --out_dir")
-    source, theirs = ckpt_path, {'gelu': 'none', 'tie_head': True, **ckpt['model_args']}  # keys older checkpoints lack
+    source, theirs = ckpt_path, {'gelu': 'none', 'tie_head': True, 'split_qkv': False, **ckpt['model_args']}  # keys older checkpoints lack
 elif init_from != 'scratch':
     if zero_init_proj:
         die(f"zero_init_proj would zero {init_from}'s projections; pass --zero_init_proj=False")
+    if split_qkv:
+        die(f"split_qkv is for a model trained from scratch; {init_from} has GPT-2's one c_attn: pass --split_qkv=False")
     theirs, weights = pretrained.load(init_from, block_size, vocab_size, encoding)
     source = init_from
 if init_from != 'scratch':

@@ -14,12 +14,12 @@ from model import GPT, GPTConfig
 transformers = pytest.importorskip('transformers', reason='pip install transformers safetensors')
 
 
-def noisy_checkpoint(path, bias, tie_head=True):
+def noisy_checkpoint(path, bias, tie_head=True, split_qkv=False):
     """A tiny GPT whose every weight (LayerNorm gains and biases too) is random, so a missed
     transpose or a dropped bias shows in the logits."""
     torch.manual_seed(0)
     args = dict(n_layer=2, n_head=4, n_embd=64, block_size=128, vocab_size=50304, bias=bias, dropout=0.0,
-                tie_head=tie_head)
+                tie_head=tie_head, split_qkv=split_qkv)
     model = GPT(GPTConfig(**args))
     with torch.no_grad():
         for p in model.parameters():
@@ -38,10 +38,11 @@ def code_tokens(n_docs=4, length=128):
     return torch.tensor(stream[:n_docs * length]).view(n_docs, length)  # (b, t), documents and their borders
 
 
-@pytest.mark.parametrize('bias, tie_head', [(False, True), (True, True), (False, False)],
-                         ids=['no-bias', 'bias', 'untied-head'])
-def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_head):
-    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', bias, tie_head)
+@pytest.mark.parametrize('bias, tie_head, split_qkv', [(False, True, False), (True, True, False), (False, False, False),
+                                                      (True, True, True)],
+                         ids=['no-bias', 'bias', 'untied-head', 'split-qkv'])
+def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_head, split_qkv):
+    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', bias, tie_head, split_qkv)
     p = run_script('export_hf.py', f'--out_dir={tmp_path}', '--tokenizer=False', '--verify=False')
     folder = tmp_path / 'hf'
     assert {'config.json', 'model.safetensors'} <= set(os.listdir(folder))
@@ -61,7 +62,7 @@ def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_hea
     import pretrained
     args, sd = pretrained.load(str(folder), 128, 50304, 'r50k_base')
     assert args['tie_head'] is tie_head
-    back = GPT(GPTConfig(block_size=128, vocab_size=50304, **args))
+    back = GPT(GPTConfig(block_size=128, vocab_size=50304, **args))  # GPT-2's one c_attn, whatever ours had
     back.load_state_dict(sd)
     with torch.no_grad():
         again, _ = back.eval()(x, targets=x, return_logits=True)

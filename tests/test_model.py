@@ -208,9 +208,10 @@ def test_configure_optimizers_decays_matrices_only():
     assert len(ids) == len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize('tie_head', [True, False], ids=['tied', 'untied'])
-def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(tie_head):
-    model = tiny(bias=True, tie_head=tie_head)
+@pytest.mark.parametrize('tie_head, split_qkv', [(True, False), (False, False), (True, True)],
+                         ids=['tied', 'untied', 'split-qkv'])
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(tie_head, split_qkv):
+    model = tiny(bias=True, tie_head=tie_head, split_qkv=split_qkv)
     adamw, muon = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu',
                                              muon=dict(lr=0.02, momentum=0.95, weight_decay=0.0))
     assert isinstance(muon, torch.optim.Muon)
@@ -218,12 +219,33 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(t
     in_muon = [names[id(p)] for g in muon.param_groups for p in g['params']]
     in_adamw = [names[id(p)] for g in adamw.param_groups for p in g['params']]
     assert sorted(in_muon + in_adamw) == sorted(names.values())  # every parameter, exactly once
-    L = model.config.n_layer
+    L, qkv = model.config.n_layer, ('attn.c_q', 'attn.c_k', 'attn.c_v') if split_qkv else ('attn.c_attn',)
     assert sorted(in_muon) == sorted(f'transformer.h.{i}.{m}.weight' for i in range(L)
-                                     for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+                                     for m in (*qkv, 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj'))
+    n = model.config.n_embd
+    assert all(p.shape == ((n, n) if split_qkv else (3 * n, n)) for m, p in model.named_parameters() if 'attn.c_' in m
+               and 'proj' not in m and p.dim() == 2)  # orthogonalised as three squares, or one stack
     assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw
     assert ('lm_head.weight' in in_adamw) is not tie_head  # a tied head is wte, listed once under that name
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
+
+
+def test_split_qkv_is_the_same_model_as_one_c_attn_holding_the_stack():
+    split, fused = tiny(bias=True, split_qkv=True, scale=0.3), tiny(bias=True)
+    sd = split.state_dict()
+    for i in range(split.config.n_layer):
+        for kind in ('weight', 'bias'):
+            sd[f'transformer.h.{i}.attn.c_attn.{kind}'] = torch.cat([sd.pop(f'transformer.h.{i}.attn.c_{p}.{kind}')
+                                                                    for p in 'qkv'])
+    fused.load_state_dict(sd)
+    x = torch.randint(0, 64, (2, 32))
+    with torch.no_grad():
+        a, _ = split(x, targets=x, return_logits=True)
+        b, _ = fused(x, targets=x, return_logits=True)
+    assert torch.allclose(a, b, atol=1e-6) and a.std() > 0.1
+    assert split.num_params() == fused.num_params() and split.flops_per_token() == fused.flops_per_token()
+    out = split.generate(x[:, :4], 6, temperature=0)  # the cached decode goes through the same projection
+    assert torch.equal(out, fused.generate(x[:, :4], 6, temperature=0))
 
 
 def test_peak_flops_is_none_on_cpu_and_honours_override():

@@ -178,6 +178,7 @@ def test_pretrained_inputs_that_cannot_work_are_one_line_each(token_dir, gpt2_fo
     one_line_error(go('--init_from=gpt2', '--n_layer=3'), 'another shape', 'n_layer=2 (config: 3)')
     one_line_error(go('--init_from=gpt2', '--block_size=128'), 'block_size 128', '64 positions')
     one_line_error(go('--init_from=gpt2', '--zero_init_proj=True'), 'zero_init_proj')
+    one_line_error(go('--init_from=gpt2', '--split_qkv=True'), 'split_qkv', 'c_attn')
     one_line_error(go('--init_from=gpt3'), "init_from='gpt3'", 'gpt2-medium', 'folder')
     one_line_error(go('--init_from=gpt2', endpoint='http://127.0.0.1:9', cache=tmp_path / 'none'),
                    'cannot reach http://127.0.0.1:9', 'not in the cache', '--init_from=<folder')

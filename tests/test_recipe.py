@@ -1,5 +1,5 @@
 """The fast recipe (config/train_github_code_124m_fast.py) at a tiny size: Muon + AdamW, the
-warmup-stable-decay schedule, zero-initialised projections and the training-seconds budget keep
+warmup-stable-decay schedule, zero-initialised projections (an option) and the training-seconds budget keep
 what train.py promises (exact resume, DDP equivalence, export)."""
 import json
 import math
@@ -63,7 +63,7 @@ def test_fast_config_trains_resumes_bit_identically_and_exports(p50k_dir, tmp_pa
 
 
 def test_zero_init_projections_start_each_block_as_the_identity(p50k_dir, tmp_path):
-    fast(p50k_dir, tmp_path / 'o', '--max_iters=0')
+    fast(p50k_dir, tmp_path / 'o', '--max_iters=0', '--zero_init_proj=True')
     sd = load_checkpoint(tmp_path / 'o' / 'ckpt.pt')['model']
     proj = [k for k in sd if k.endswith('c_proj.weight')]
     assert len(proj) == 4 and all(not sd[k].any() for k in proj)
@@ -106,8 +106,12 @@ def test_two_gloo_ranks_with_muon_match_one_process(p50k_dir, tmp_path):
     assert sorted(la) == sorted(lb) == [0, 1, 2, 3]
     assert np.allclose([la[i] for i in la], [lb[i] for i in la], rtol=1e-5, atol=1e-6), (la, lb)
     ca, cb = load_checkpoint(one / 'ckpt.pt'), load_checkpoint(two / 'ckpt.pt')
-    # Muon orthogonalises in bfloat16, so sums in another order (gloo) can move a weight by ~1e-4
-    assert all(torch.allclose(ca['model'][k], cb['model'][k], rtol=1e-3, atol=5e-4) for k in ca['model'])
+    # Muon orthogonalises in bfloat16 (8 mantissa bits): a gradient summed in another order (gloo) can
+    # round the other way there, which moved these tiny matrices by up to 1.4% of their norm in 4
+    # steps; one rank's half-batch gradient alone moves them by 23-48%. The rest (AdamW) stays ~1e-4
+    for k in ca['model']:
+        rel = ((ca['model'][k] - cb['model'][k]).norm() / ca['model'][k].norm()).item()
+        assert rel < (0.04 if k.startswith('transformer.h.') and ca['model'][k].dim() == 2 else 1e-3), (k, rel)
 
 
 def test_max_seconds_ends_the_run_on_its_budget_with_the_schedule_fitted_to_it(p50k_dir, tmp_path):
@@ -130,11 +134,11 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))  # 'email' is held out for val
     work = tmp_path / 'br'
     p = run_script('bench_recipe.py', '--budget=3', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
-                   '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=False']",
+                   '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=True']",
                    '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
                    env=ENV)
     curves = {}
-    for name in ('reference', 'fast', 'fastzero_init_proj=False'):
+    for name in ('reference', 'fast', 'fastzero_init_proj=True'):
         log = read_log(work / 'runs' / name)
         curves[name] = [e['val_bpb'] for e in log if e['event'] == 'eval']
         assert len(curves[name]) == 3 and curves[name][-1] < curves[name][0]  # step 0, half the budget, the end
@@ -142,7 +146,7 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     assert ref_rows and ref_rows[-1].split()[-1] == '1.00x'  # the reference reaches its own final bpb at its end
     assert f"target {curves['reference'][-1]:.4f} bpb" in p.stdout.splitlines()[-1]
     assert 'speedup' in p.stdout.splitlines()[-1] and (work / 'recipe.png').stat().st_size > 1000
-    assert not load_checkpoint(work / 'runs' / 'fastzero_init_proj=False' / 'ckpt.pt')['config']['zero_init_proj']
+    assert load_checkpoint(work / 'runs' / 'fastzero_init_proj=True' / 'ckpt.pt')['config']['zero_init_proj']
     # ablations of the reference only: the fast slot is left out
     p = run_script('bench_recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
                    "--fast=", '--val_fraction=0.15', "--ablate=['p50k_base']", '--extra=--compile=False --device=cpu '
