@@ -11,7 +11,7 @@ the overall figure is total bits over total bytes, so runs on different encoding
     python bench_recipe.py                                        # reference vs fast, 150 s each
     python bench_recipe.py --budget=90 --ablate="['p50k_base', 'r50k_base --optimizer=muon']"
     python bench_recipe.py --budget=30 --fast='' --ablate="['r50k_base --zero_init_proj=True']"  # ablations only
-    python bench_recipe.py --budget=60 --ablate="['fast --zero_init_proj=False']"   # the fast recipe less one part
+    python bench_recipe.py --budget=45 --ablate="['fast --learning_rate=6e-4']"    # the fast recipe with one part changed
 
 Prints the curves as a table, writes them to a PNG, and ends with: target = the reference's final
 overall val bpb, the time each run takes to reach it, and the speedup = the reference's
@@ -31,7 +31,7 @@ budget = 150.0  # training seconds per run
 evals = 10  # evals per run, at fixed shares of the budget
 reference = 'config/train_github_code_124m.py'  # the reference recipe (AdamW 6e-4, warmup, cosine), on r50k_base
 fast = 'config/train_github_code_124m_fast.py'  # the fast recipe, on p50k_base; '' = only the reference and the ablations
-ablate = []  # extra runs: '<encoding> [train.py flags]' on the reference recipe (e.g. 'r50k_base --optimizer=muon'), or 'fast <flags>' on the fast one (e.g. 'fast --zero_init_proj=False')
+ablate = []  # extra runs: '<encoding> [train.py flags]' on the reference recipe (e.g. 'r50k_base --optimizer=muon'), or 'fast <flags>' on the fast one (e.g. 'fast --learning_rate=6e-4')
 local_paths = [sysconfig.get_paths()['purelib']]  # the corpus: these source trees, each top folder a repository
 work_dir = 'data/bench-recipe'  # parquet/, tokens-<encoding>/, runs/<name>/
 val_fraction = 0.05  # share of repositories (packages) held out
