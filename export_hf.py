@@ -137,6 +137,9 @@ if verify:
             f"the export is wrong, please report it")
     check = f" | logits match ours to {diff:.1e} on {len(ids)} tokens"
 
+if cfg.doc_mask:  # GPT2LMHeadModel has no such mask; the first document of an input is the same either way
+    print("note: the model was trained with doc_mask; transformers' GPT-2 attends across <|endoftext|>, so its "
+          "logits are ours one document at a time (pass one document per input)")
 size = os.path.getsize(os.path.join(export_dir, 'model.safetensors'))
 files = ', '.join(sorted(os.listdir(export_dir)))
 print(f"export: {ckpt_path} iter {ck.get('iter_num')} ({model.num_params() / 1e6:.1f}M params, {dtype}, "

@@ -2,6 +2,7 @@
 GPT-2 in one file, nanoGPT style: pre-LayerNorm blocks, causal self-attention through
 F.scaled_dot_product_attention (flash kernels on GPU), GELU MLP, lm_head tied to wte,
 and generate() (the sampling and key/value-cache machinery lives in decode.py).
+With doc_mask, attention stops at <|endoftext|> (FlexAttention on CUDA).
 """
 import inspect
 import math
@@ -10,6 +11,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 from torch.nn import functional as F
+
+from shards import EOT  # <|endoftext|>, before every document
+
+try:  # FlexAttention (torch >= 2.5), for doc_mask on CUDA
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+except ImportError:
+    create_block_mask = flex_attention = None
 
 
 @dataclass
@@ -24,6 +32,7 @@ class GPTConfig:
     gelu: str = 'none'  # 'none': exact (erf) GELU; 'tanh': its approximation, which OpenAI's GPT-2 weights use
     tie_head: bool = True  # the output head is the token embedding (GPT-2); False: a matrix of its own
     split_qkv: bool = False  # q, k and v as three (n_embd, n_embd) matrices, so Muon orthogonalises each on its own
+    doc_mask: bool = False  # a position attends only to its own document (from its <|endoftext|> on), not across
 
 
 class CausalSelfAttention(nn.Module):
@@ -73,10 +82,29 @@ class CausalSelfAttention(nn.Module):
             k, v = cache_k[:, :, :pos + T], cache_v[:, :, :pos + T]
             # a prompt (pos == 0) needs the causal mask; one new token may see every cached one
             assert pos == 0 or T == 1, "the cache takes a prompt at pos 0, then one token at a time"
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0,
-                                           is_causal=T > 1)  # (B, nh, T, hs)
+        if mask is not None and not torch.is_tensor(mask):  # doc_mask on CUDA: a FlexAttention BlockMask
+            y = flex_attention(q, k, v, block_mask=mask)  # (B, nh, T, hs)
+        else:  # mask: doc_mask elsewhere, (B, 1, T, T) bool
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0,
+                                               is_causal=mask is None and T > 1)  # (B, nh, T, hs)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # re-assemble all head outputs side by side
         return self.resid_dropout(self.c_proj(y))
+
+
+def document_mask(idx, flex=None):
+    """doc_mask: what each position may attend to, made once per forward for all layers: the earlier
+    positions of its own document, which begins at its <|endoftext|>. With flex (the default on CUDA)
+    a FlexAttention BlockMask, whose kernel skips the blocks the mask empties; else a dense
+    (B, 1, T, T) bool mask for SDPA, since FlexAttention's backward runs on CUDA only. The cached
+    decode does not use it: a prompt is one document."""
+    B, T = idx.size()
+    docs = (idx == EOT).cumsum(1)  # (B, T) document number of each position
+    if idx.is_cuda if flex is None else flex:
+        def same_document(b, h, q, k):
+            return (k <= q) & (docs[b, q] == docs[b, k])
+        return create_block_mask(same_document, B, None, T, T, device=idx.device)
+    causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).tril()
+    return ((docs[:, :, None] == docs[:, None, :]) & causal)[:, None]  # (B, 1, T, T)
 
 
 class MLP(nn.Module):
@@ -161,6 +189,8 @@ class GPT(nn.Module):
             slots = torch.arange(self.config.block_size, device=device)
             mask = torch.zeros(1, 1, 1, slots.numel(), dtype=cache[0][0].dtype, device=device)
             mask = mask.masked_fill((slots > pos).view(1, 1, 1, -1), float('-inf'))  # (1, 1, 1, block_size)
+        elif cache is None and self.config.doc_mask:
+            mask = document_mask(idx)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i], pos, mask)
         x = self.transformer.ln_f(x)

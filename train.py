@@ -35,7 +35,7 @@ import humaneval
 import pretrained
 from configurator import configure, die, setup_device
 from gpu_peaks import peak_flops
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, flex_attention
 
 # -----------------------------------------------------------------------------
 # config: the defaults are the reference run (GPT-2 124M, 32,768 tokens per step)
@@ -68,6 +68,7 @@ gelu = 'none'  # MLP activation: 'none' (exact GELU) or 'tanh' (its approximatio
 tie_head = True  # the output head is the token embedding (GPT-2's); False gives the head a matrix of its own (+38.6M at 124M)
 vocab_size = 50304  # the encodings' 50257 or 50281 ids padded to a multiple of 64 for faster matmuls
 split_qkv = False  # q, k and v as three matrices (Muon then orthogonalises each apart); False: GPT-2's one c_attn
+doc_mask = False  # attention stops at <|endoftext|>: a position sees only its own document's (FlexAttention on CUDA)
 zero_init_proj = False  # start the residual projections (attention and MLP c_proj) at zero: each block starts as the identity
 # optimizer: AdamW on everything, or Muon on the blocks' weight matrices and AdamW on the rest
 optimizer = 'adamw'  # 'adamw' or 'muon'
@@ -127,6 +128,9 @@ if lr_schedule not in ('cosine', 'wsd') or not 0 <= cooldown_frac <= 1:
     die(f"lr_schedule='{lr_schedule}' must be 'cosine' or 'wsd', cooldown_frac={cooldown_frac} in [0, 1]")
 if sampling not in ('random', 'epoch'):
     die(f"sampling='{sampling}' is not 'random' or 'epoch'")
+if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
+    die(f"optimizer='muon' needs torch.optim.Muon (torch >= 2.9), not in torch {torch.__version__}; "
+        f"upgrade torch or pass --optimizer=adamw")
 if max_seconds and ddp:
     die("max_seconds (a budget of training seconds) runs on one process; under torchrun use max_iters")
 if gradient_accumulation_steps % world:
@@ -232,7 +236,7 @@ if not val_batches:
 # --- model and optimizer ----------------------------------------------------------------------
 model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=block_size,
                   bias=bias, vocab_size=vocab_size, dropout=dropout, gelu=gelu, tie_head=tie_head,
-                  split_qkv=split_qkv)
+                  split_qkv=split_qkv, doc_mask=doc_mask)
 ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
 if master:
     lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
@@ -248,7 +252,8 @@ if init_from == 'resume':
     if missing:
         die(f"{ckpt_path} holds a model but no training state ({', '.join(missing)}), so it cannot be resumed; "
             f"pass a fresh --out_dir")
-    source, theirs = ckpt_path, {'gelu': 'none', 'tie_head': True, 'split_qkv': False, **ckpt['model_args']}  # keys older checkpoints lack
+    source, theirs = ckpt_path, {'gelu': 'none', 'tie_head': True, 'split_qkv': False, 'doc_mask': False,
+                                    **ckpt['model_args']}  # keys older checkpoints lack
 elif init_from != 'scratch':
     if zero_init_proj:
         die(f"zero_init_proj would zero {init_from}'s projections; pass --zero_init_proj=False")
@@ -266,6 +271,9 @@ if init_from != 'scratch':
             ', '.join(f"{k}={theirs[k]} (config: {model_args[k]})" for k in diff) +
             "; pass its values (or leave those keys unset), or a fresh --out_dir")
     model_args.update({k: v for k, v in theirs.items() if k != 'dropout'})
+if model_args['doc_mask'] and (dropout or (device_type == 'cuda' and flex_attention is None)):
+    die(f"doc_mask runs FlexAttention on CUDA (torch >= 2.5; this is {torch.__version__}), which has no attention "
+        f"dropout (dropout={dropout}); pass --dropout=0, or train without it: --doc_mask=False in a new --out_dir")
 model = GPT(GPTConfig(**model_args))
 if weights is not None:
     model.load_state_dict(weights)
@@ -357,9 +365,11 @@ if ddp:
 flops_per_token = raw_model.flops_per_token()
 peak = peak_flops(device_type, peak_tflops)
 small = micro_batch * block_size <= cuda_graph_tokens  # after auto_batch: the micro-batch that runs
-graphed = small and device_type == 'cuda' and not ddp and dropout == 0 and ptdtype != torch.float16
+graphed = (small and device_type == 'cuda' and not ddp and dropout == 0 and ptdtype != torch.float16
+           and not raw_model.config.doc_mask)
 if small and device_type == 'cuda' and not graphed:
-    say("note: no CUDA graph for the small micro-batch: that needs one process, dropout=0 and no float16")
+    say("note: no CUDA graph for the small micro-batch: that needs one process, dropout=0, no float16 "
+        "and no doc_mask (FlexAttention in a graph is not tried)")
 
 
 def capture_micro_step(x, y):

@@ -14,12 +14,12 @@ from model import GPT, GPTConfig
 transformers = pytest.importorskip('transformers', reason='pip install transformers safetensors')
 
 
-def noisy_checkpoint(path, bias, tie_head=True, split_qkv=False):
+def noisy_checkpoint(path, bias, tie_head=True, split_qkv=False, doc_mask=False):
     """A tiny GPT whose every weight (LayerNorm gains and biases too) is random, so a missed
     transpose or a dropped bias shows in the logits."""
     torch.manual_seed(0)
     args = dict(n_layer=2, n_head=4, n_embd=64, block_size=128, vocab_size=50304, bias=bias, dropout=0.0,
-                tie_head=tie_head, split_qkv=split_qkv)
+                tie_head=tie_head, split_qkv=split_qkv, doc_mask=doc_mask)
     model = GPT(GPTConfig(**args))
     with torch.no_grad():
         for p in model.parameters():
@@ -67,6 +67,20 @@ def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_hea
     with torch.no_grad():
         again, _ = back.eval()(x, targets=x, return_logits=True)
     assert (again[..., :50257] - ours[..., :50257]).abs().max().item() < 1e-4
+
+
+def test_a_doc_mask_model_exports_with_our_logits_one_document_at_a_time(tmp_path):
+    model = noisy_checkpoint(tmp_path / 'ckpt_best.pt', False, doc_mask=True)
+    p = run_script('export_hf.py', f'--out_dir={tmp_path}', '--tokenizer=False')  # its check: one document
+    assert 'logits match ours' in p.stdout and 'doc_mask' in p.stdout
+    hf = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / 'hf').float().eval()
+    x = code_tokens()
+    x[:, 0] = x[:, 60] = shards.EOT  # each row two documents, the second from position 60
+    with torch.no_grad():
+        ours, _ = model(x, targets=x, return_logits=True)
+        theirs = hf(x).logits
+    assert (ours[:, :60, :50257] - theirs[:, :60]).abs().max().item() < 1e-4
+    assert (ours[:, 60:, :50257] - theirs[:, 60:]).abs().amax(dim=(1, 2)).min().item() > 1e-2  # HF sees across it
 
 
 def test_exported_tokenizer_encodes_code_like_tiktoken(tmp_path):

@@ -7,6 +7,8 @@ import torch
 from decode import capture_decode_step, new_cache, sample_next
 from gpu_peaks import peak_flops
 from model import GPT, GPTConfig
+from shards import EOT
+from torch.nn import functional as F
 
 
 @pytest.fixture(autouse=True, scope='module')
@@ -246,6 +248,59 @@ def test_split_qkv_is_the_same_model_as_one_c_attn_holding_the_stack():
     assert split.num_params() == fused.num_params() and split.flops_per_token() == fused.flops_per_token()
     out = split.generate(x[:, :4], 6, temperature=0)  # the cached decode goes through the same projection
     assert torch.equal(out, fused.generate(x[:, :4], 6, temperature=0))
+
+
+def two_documents(vocab, seed=0):
+    # (2, 32) windows of token ids: <|endoftext|> at 0, and a second document from position 12 (row 0) or 20 (row 1)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (2, 32), generator=g)
+    x[:, 0] = x[0, 12] = x[1, 20] = EOT
+    return x
+
+
+def test_doc_mask_keeps_each_document_from_seeing_the_one_before():
+    masked, plain = tiny(vocab_size=50304, doc_mask=True, scale=0.3), tiny(vocab_size=50304, scale=0.3)
+    x = two_documents(100)
+    y = x.clone()
+    y[0, 1:12], y[1, 1:20] = (y[0, 1:12] + 1) % 100, (y[1, 1:20] + 1) % 100  # other first documents, same lengths
+    with torch.no_grad():
+        (a, _), (b, _) = (masked(t, targets=t, return_logits=True) for t in (x, y))
+        (c, _), (d, _) = (plain(t, targets=t, return_logits=True) for t in (x, y))
+    for row, start in ((0, 12), (1, 20)):
+        assert torch.allclose(a[row, start:], b[row, start:], atol=1e-5)  # the second document: blind to the first
+        assert not torch.allclose(c[row, start:], d[row, start:], atol=1e-3)  # without the mask it sees it
+    assert torch.allclose(a[0, :12], c[0, :12], atol=1e-5)  # the first document: plain causal attention
+
+
+def test_doc_mask_flex_block_mask_and_dense_mask_attend_alike():
+    # the CUDA path (a FlexAttention BlockMask) against the CPU path (SDPA's dense mask); FlexAttention's
+    # forward runs on a CPU too, so the two masks are compared here
+    from model import document_mask, flex_attention
+    x = two_documents(100)
+    q, k, v = torch.randn(3, 2, 2, 32, 16).unbind(0)  # each (B, nh, T, hs)
+    with torch.no_grad():
+        flex = flex_attention(q, k, v, block_mask=document_mask(x, flex=True))
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(x, flex=False))
+    assert torch.allclose(flex, dense, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+def test_doc_mask_on_gpu_flex_attention_gives_the_cpu_dense_masks_loss_and_gradients():
+    import copy
+    model = tiny(vocab_size=50304, doc_mask=True, scale=0.3)
+    x = two_documents(100)
+    _, loss = model(x, targets=x)
+    loss.backward()
+    want = {n: p.grad for n, p in model.named_parameters()}
+    for compiled in (False, True):  # FlexAttention eager (its reference path), then its compiled kernel
+        gpu = copy.deepcopy(model).cuda()
+        gpu.zero_grad(set_to_none=True)
+        run = torch.compile(gpu) if compiled else gpu
+        _, got = run(x.cuda(), targets=x.cuda())
+        got.backward()
+        assert abs(got.item() - loss.item()) < 1e-4, compiled
+        for n, p in gpu.named_parameters():
+            assert torch.allclose(p.grad.cpu(), want[n], atol=1e-4), (compiled, n)
 
 
 def test_peak_flops_is_none_on_cpu_and_honours_override():

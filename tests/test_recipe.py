@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from checkpoint import load_checkpoint
-from conftest import ROOT, run_script
+from conftest import ROOT, one_line_error, run_script
 
 FAST = os.path.join(ROOT, 'config', 'train_github_code_124m_fast.py')
 # the fast config with the model and batch shrunk for a 2-core CPU; its optimizer and schedule stay
@@ -68,6 +68,21 @@ def test_zero_init_projections_start_each_block_as_the_identity(p50k_dir, tmp_pa
     proj = [k for k in sd if k.endswith('c_proj.weight')]
     assert len(proj) == 4 and all(not sd[k].any() for k in proj)
     assert sd['transformer.h.0.attn.c_attn.weight'].std() > 0.01
+
+
+def test_doc_mask_trains_and_a_resume_keeps_it_from_the_checkpoint(p50k_dir, tmp_path):
+    out = tmp_path / 'o'
+    fast(p50k_dir, out, '--max_iters=4', '--eval_interval=2', '--doc_mask=True')
+    first = load_checkpoint(out / 'ckpt.pt')
+    assert first['model_args']['doc_mask'] is True and first['iter_num'] == 4
+    fast(p50k_dir, out, '--max_iters=6', '--eval_interval=2', '--init_from=resume')  # doc_mask not passed again
+    again = load_checkpoint(out / 'ckpt.pt')
+    assert again['model_args']['doc_mask'] is True and again['iter_num'] == 6
+    evals = [e for e in read_log(out) if e['event'] == 'eval']
+    assert all(math.isfinite(e['val_loss']) for e in evals) and evals[-1]['val_loss'] < evals[0]['val_loss']
+    one_line_error(fast(p50k_dir, out, '--init_from=resume', '--max_iters=8', '--doc_mask=False', check=False),
+                   'another shape', 'doc_mask=True (config: False)')
+    one_line_error(fast(p50k_dir, tmp_path / 'd', '--doc_mask=True', '--dropout=0.1', check=False), 'doc_mask', 'dropout')
 
 
 def test_wsd_schedule_decays_linearly_to_its_end_value_at_max_iters(p50k_dir, tmp_path):
