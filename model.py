@@ -99,7 +99,8 @@ def document_mask(idx, flex=None):
     decode does not use it: a prompt is one document."""
     B, T = idx.size()
     docs = (idx == EOT).cumsum(1)  # (B, T) document number of each position
-    if idx.is_cuda if flex is None else flex:
+    flex = idx.is_cuda if flex is None else flex
+    if flex:
         def same_document(b, h, q, k):
             return (k <= q) & (docs[b, q] == docs[b, k])
         return create_block_mask(same_document, B, None, T, T, device=idx.device)
