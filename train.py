@@ -271,9 +271,12 @@ if init_from != 'scratch':
             ', '.join(f"{k}={theirs[k]} (config: {model_args[k]})" for k in diff) +
             "; pass its values (or leave those keys unset), or a fresh --out_dir")
     model_args.update({k: v for k, v in theirs.items() if k != 'dropout'})
-if model_args['doc_mask'] and (dropout or (device_type == 'cuda' and flex_attention is None)):
-    die(f"doc_mask runs FlexAttention on CUDA (torch >= 2.5; this is {torch.__version__}), which has no attention "
-        f"dropout (dropout={dropout}); pass --dropout=0, or train without it: --doc_mask=False in a new --out_dir")
+if model_args['doc_mask'] and dropout:
+    die(f"doc_mask's FlexAttention has no attention dropout (dropout={dropout}); pass --dropout=0, "
+        f"or train without it: --doc_mask=False in a new --out_dir")
+if model_args['doc_mask'] and device_type == 'cuda' and flex_attention is None:
+    die(f"doc_mask runs FlexAttention on CUDA, which torch {torch.__version__} lacks (it needs >= 2.5); "
+        f"upgrade torch, or train without it: --doc_mask=False in a new --out_dir")
 model = GPT(GPTConfig(**model_args))
 if weights is not None:
     model.load_state_dict(weights)

@@ -115,7 +115,7 @@ def test_compiled_decode_step_generates_the_same_tokens():
     assert len(set(compiled[:, 7:].flatten().tolist())) > 10  # the context matters, not one repeated token
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_decode_equals_eager_on_gpu():
     model = tiny(scale=0.3, block_size=64).cuda()
     prompt = torch.randint(0, 64, (4, 5), device='cuda')
@@ -284,7 +284,7 @@ def test_doc_mask_flex_block_mask_and_dense_mask_attend_alike():
     assert torch.allclose(flex, dense, atol=1e-5)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_doc_mask_on_gpu_flex_attention_gives_the_cpu_dense_masks_loss_and_gradients():
     import copy
     model = tiny(vocab_size=50304, doc_mask=True, scale=0.3)

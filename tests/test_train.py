@@ -347,7 +347,7 @@ def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
 
 
 # --- the CUDA-graph micro-step (a GPU only) --------------------------------------------------------
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on the device machine)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_graph_steps_follow_the_eager_steps_and_resume(token_dir, tmp_path):
     # forced small micro-batches, the path the graph is for: 2 x 4 per step, bf16, compiled
     gpu = [a for a in TINY if not a.startswith(('--device', '--dtype', '--compile'))] + \
