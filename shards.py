@@ -123,13 +123,32 @@ def epoch_windows(cum_starts, block_size):
     return np.cumsum(-(-np.diff(cum_starts, prepend=0) // block_size))  # ceil(starts / T) per shard
 
 
+def doc_tiles(shards, block_size):
+    """sampling='doc': (cum, starts), the windows every shard is cut into: one at each document's
+    <|endoftext|>, then one every block_size tokens on through a document longer than a window, so a
+    document's first window sees it from its start and every token is an input at least once an
+    epoch. starts (n,) int64 holds the windows' offsets in their shards, shard by shard; cum
+    (n_shards,) their cumulative count per shard."""
+    cum, starts = [], []
+    for s in shards:
+        d = np.flatnonzero(s == EOT)  # (docs,) every document opens with one
+        d = d if len(d) and d[0] == 0 else np.concatenate(([0], d))  # text before a shard's first EOT, if any
+        n = -(-np.diff(d, append=len(s)) // block_size)  # (docs,) windows per document
+        first = np.repeat(np.cumsum(n) - n, n)  # (windows,) index of its document's first window
+        w = np.repeat(d, n) + block_size * (np.arange(n.sum()) - first)
+        starts.append(w[w + block_size + 1 <= len(s)])  # a window is block_size+1 tokens
+        cum.append(len(starts[-1]))
+    return np.cumsum(cum), np.concatenate(starts).astype(np.int64)
+
+
 @functools.lru_cache(maxsize=4)  # a step may straddle two epochs; train.py's train-loss estimate has a stream too
 def epoch_order(seed, epoch, n):
     """The order in which epoch `epoch` visits its n windows: a permutation keyed by (seed, epoch)."""
     return np.random.default_rng([seed, epoch, n]).permutation(n).astype(np.int32 if n < 2**31 else np.int64)
 
 
-def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None, n_vocab=None, sampling='random'):
+def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=None, n_vocab=None, sampling='random',
+              tiles=None):
     """Rows `rows` (a range) of step `step`'s batch of `step_rows` windows: (len(rows), block_size+1) int64,
     written into `out` when given (train.py passes a pinned buffer, saving a copy). With n_vocab, an id
     at or beyond it (a damaged shard) exits naming the shard instead of failing inside torch.
@@ -138,17 +157,22 @@ def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=N
     are drawn in proportion to their length, with replacement. sampling='epoch': each shard is cut
     into windows at 0, block_size, 2*block_size, ... (each token an input once), and the run walks
     through all of them in one order per epoch, so no window comes twice before every one has come.
+    sampling='doc': the same walk over doc_tiles' windows (`tiles`, made once by the caller), which
+    start at documents' starts instead of at multiples of block_size.
     Either way the draw depends on (seed, step) alone and covers the whole step's batch, so a step
     sees the same windows however it is split into micro-batches and DDP ranks (4 x 8 on one GPU,
     32 x 1, or 2 ranks x 16), and a resumed run draws exactly the batches the uninterrupted run would.
     """
-    if sampling == 'epoch':
-        cum_windows = epoch_windows(cum_starts, block_size)
+    if sampling in ('epoch', 'doc'):
+        cum_windows = epoch_windows(cum_starts, block_size) if sampling == 'epoch' else tiles[0]
         n = int(cum_windows[-1])
         pos = step * step_rows + np.arange(rows.start, rows.stop)  # places in the run's sequence of windows
         w = np.array([epoch_order(seed, int(e), n)[p] for e, p in zip(pos // n, pos % n)], dtype=np.int64)
         which = np.searchsorted(cum_windows, w, side='right')  # shard of each window
-        local = (w - np.concatenate(([0], cum_windows[:-1]))[which]) * block_size
+        if sampling == 'epoch':
+            local = (w - np.concatenate(([0], cum_windows[:-1]))[which]) * block_size
+        else:
+            local = tiles[1][w]
     else:
         rng = np.random.default_rng([seed, step])
         g = rng.integers(0, cum_starts[-1], size=step_rows)[rows.start:rows.stop]  # global start ids

@@ -57,7 +57,7 @@ batch_size = 4  # micro-batch, sequences per rank per forward
 gradient_accumulation_steps = 8  # micro-batches per step, all ranks together (divided among them)
 block_size = 1024  # context length in tokens
 seed = 1337  # model init, batch order and dropout all follow from it
-sampling = 'random'  # train windows: 'random' (any start, with replacement: nanoGPT's) or 'epoch' (block_size tiles, each once per epoch)
+sampling = 'random'  # train windows: 'random' (any start, with replacement: nanoGPT's), 'epoch' (block_size tiles, each once per epoch) or 'doc' (as epoch, tiles starting at each document's start)
 # model
 n_layer = 12
 n_head = 12
@@ -126,8 +126,8 @@ if optimizer not in ('adamw', 'muon'):
     die(f"optimizer='{optimizer}' is not 'adamw' or 'muon'")
 if lr_schedule not in ('cosine', 'wsd') or not 0 <= cooldown_frac <= 1:
     die(f"lr_schedule='{lr_schedule}' must be 'cosine' or 'wsd', cooldown_frac={cooldown_frac} in [0, 1]")
-if sampling not in ('random', 'epoch'):
-    die(f"sampling='{sampling}' is not 'random' or 'epoch'")
+if sampling not in ('random', 'epoch', 'doc'):
+    die(f"sampling='{sampling}' is not 'random', 'epoch' or 'doc'")
 if optimizer == 'muon' and not hasattr(torch.optim, 'Muon'):
     die(f"optimizer='muon' needs torch.optim.Muon (torch >= 2.9), not in torch {torch.__version__}; "
         f"upgrade torch or pass --optimizer=adamw")
@@ -169,9 +169,10 @@ TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart
 
 
 step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
-if sampling == 'epoch':
-    n_windows = int(shards.epoch_windows(cum_starts, block_size)[-1])
-    say(f"sampling='epoch': {n_windows:,} windows of {block_size} tokens an epoch; max_iters={max_iters} "
+tiles = shards.doc_tiles(train_shards, block_size) if sampling == 'doc' else None  # one pass over the tokens
+if sampling in ('epoch', 'doc'):
+    n_windows = int((tiles[0] if tiles else shards.epoch_windows(cum_starts, block_size))[-1])
+    say(f"sampling='{sampling}': {n_windows:,} windows of {block_size} tokens an epoch; max_iters={max_iters} "
         f"makes {max_iters * step_rows / n_windows:.2f} epochs")
 
 
@@ -193,14 +194,14 @@ def fetch(step, first_row, rows, seed=seed):
             buf, done = ring.pop(0)
             done.synchronize()
         t = time.time()
-        shards.get_batch(*args, out=buf.numpy(), n_vocab=data_vocab, sampling=sampling)  # straight into pinned memory
+        shards.get_batch(*args, out=buf.numpy(), n_vocab=data_vocab, sampling=sampling, tiles=tiles)  # straight into pinned memory
         data_time += time.time() - t
         xy = buf.to(rank_device, non_blocking=True)  # the copy overlaps the GPU's work
         done.record()
         ring.append((buf, done))
     else:
         t = time.time()
-        xy = torch.from_numpy(shards.get_batch(*args, n_vocab=data_vocab, sampling=sampling)).to(rank_device)
+        xy = torch.from_numpy(shards.get_batch(*args, n_vocab=data_vocab, sampling=sampling, tiles=tiles)).to(rank_device)
         data_time += time.time() - t
     return xy[:, :-1], xy[:, 1:].contiguous()  # (B, T) inputs, (B, T) targets
 

@@ -88,6 +88,34 @@ def test_epoch_sampling_serves_every_tile_once_per_epoch_in_a_new_order_each_epo
     assert not np.array_equal(first, shards.get_batch(train_shards, cum, 8, 0, range(n), n, T, sampling='epoch'))
 
 
+def test_doc_sampling_starts_windows_at_documents_and_serves_each_once_per_epoch(token_dir):
+    _, train_shards, _ = shards.open_shards(token_dir)
+    T, step_rows = 32, 8
+    cum_tiles, starts = shards.doc_tiles(train_shards, T)
+    n = int(cum_tiles[-1])
+    edges = np.concatenate(([0], cum_tiles))
+    for i, s in enumerate(train_shards):
+        local = starts[edges[i]:edges[i + 1]]
+        assert np.all(np.diff(local) > 0) and local[-1] + T + 1 <= len(s)
+        eot = s[local] == shards.EOT  # a window opens each document at its <|endoftext|> ...
+        opens = np.flatnonzero(s[:len(s) - T] == shards.EOT)
+        assert len(opens) > 10 and local[0] == 0 and np.array_equal(local[eot], opens)
+        for w in local[~eot]:  # ... or carries on one longer than a window, with no document start between
+            assert w - T in set(local.tolist()) and not np.any(s[w - T + 1:w + 1] == shards.EOT)
+        # every token that a full window can reach is an input once
+        covered = np.zeros(len(s), dtype=bool)
+        for w in local:
+            covered[w:w + T] = True
+        assert covered[:len(s) - 2 * T].all()
+    cum = shards.window_starts(train_shards, T)
+    seen = np.concatenate([shards.get_batch(train_shards, cum, 7, k, range(step_rows), step_rows, T, sampling='doc',
+                                            tiles=(cum_tiles, starts)) for k in range(-(-n // step_rows))])[:n]
+    which = np.searchsorted(cum_tiles, np.arange(n), side='right')
+    tiles = sorted(train_shards[i][w:w + T + 1].astype(np.int64).tobytes() for i, w in zip(which, starts))
+    assert sorted(r.tobytes() for r in seen) == tiles  # each window once in the first epoch
+    assert not np.array_equal(seen, shards.get_batch(train_shards, cum, 7, 0, range(n), n, T, sampling='epoch'))
+
+
 # --- the first eval, logs and plots ----------------------------------------------------------------
 
 def test_init_loss_is_ln_vocab_and_logs_and_plot_are_written(token_dir, tmp_path):
@@ -133,7 +161,7 @@ def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
 
 # --- resume, best checkpoint, early stop ----------------------------------------------------------
 
-@pytest.mark.parametrize('flags', [[], ['--sampling=epoch', '--tie_head=False']], ids=['default', 'epoch-untied'])
+@pytest.mark.parametrize('flags', [[], ['--sampling=doc', '--tie_head=False']], ids=['default', 'doc-untied'])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, flags):
     # dropout on, so the resumed run must also restore the RNG
     common = ['--eval_interval=4', '--dropout=0.1', *flags]
