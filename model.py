@@ -91,6 +91,10 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
+# built outside torch.compile's graph: traced into a compiled model, create_block_mask's kernel over a
+# mask_mod that indexes a tensor hit an illegal memory access on an H200 (torch 2.11, at the first
+# no_grad eval); built eagerly and handed to the compiled flex_attention, it is the common path
+@torch.compiler.disable
 def document_mask(idx, flex=None):
     """doc_mask: what each position may attend to, made once per forward for all layers: the earlier
     positions of its own document, which begins at its <|endoftext|>. With flex (the default on CUDA)

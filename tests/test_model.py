@@ -303,6 +303,28 @@ def test_doc_mask_on_gpu_flex_attention_gives_the_cpu_dense_masks_loss_and_gradi
             assert torch.allclose(p.grad.cpu(), want[n], atol=1e-4), (compiled, n)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_doc_mask_on_gpu_over_many_blocks_and_documents_matches_cpu_in_eval_and_training():
+    # windows of several 128-token blocks holding dozens of documents, compiled, first under no_grad
+    # as train.py's first eval runs it, then a training forward and backward
+    model = tiny(vocab_size=50304, block_size=512, doc_mask=True, scale=0.3)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 50256, (4, 512), generator=g)
+    x[torch.rand(4, 512, generator=g) < 0.03] = EOT
+    x[:, 0] = EOT
+    with torch.no_grad():
+        _, want = model(x, targets=x)
+    run = torch.compile(model.cuda())
+    run.eval()
+    with torch.no_grad():
+        _, got = run(x.cuda(), targets=x.cuda())
+    assert abs(got.item() - want.item()) < 1e-4
+    run.train()
+    _, got = run(x.cuda(), targets=x.cuda())
+    got.backward()
+    assert abs(got.item() - want.item()) < 1e-4
+
+
 def test_peak_flops_is_none_on_cpu_and_honours_override():
     assert peak_flops('cpu') is None
     assert peak_flops('cpu', 100.0) == 100e12
