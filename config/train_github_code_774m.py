@@ -1,6 +1,6 @@
 # GPT-2 774M on codeparrot/github-code, Chinchilla-sized (~20 tokens per parameter), with the
 # fast recipe of train_github_code_124m_fast.py (p50k_base tokens, Muon on the blocks' matrices,
-# warmup-stable-decay). Measured at 124M only: at this size the
+# warmup-stable-decay, windows at document starts). Measured at 124M only: at this size the
 # AdamW rate is GPT-3's for the size (Brown et al. 2020, table 2.1) times 3, as at 124M, and the
 # step holds more tokens, as GPT-3's did for larger models. Only what differs from train.py's
 # defaults is set here.
@@ -26,3 +26,4 @@ lr_schedule = 'wsd'
 warmup_iters = 500
 cooldown_frac = 0.4
 min_lr = 0.0
+sampling = 'doc'  # windows start at documents' starts, each once an epoch
