@@ -169,11 +169,12 @@ TRAIN_EVAL_SEED = seed + 2**32  # the train-loss estimate's fixed batches, apart
 
 
 step_rows = batch_size * gradient_accumulation_steps  # sequences per optimizer step, all ranks together
+t_tiles = time.time()
 tiles = shards.doc_tiles(train_shards, block_size) if sampling == 'doc' else None  # one pass over the tokens
 if sampling in ('epoch', 'doc'):
     n_windows = int((tiles[0] if tiles else shards.epoch_windows(cum_starts, block_size))[-1])
-    say(f"sampling='{sampling}': {n_windows:,} windows of {block_size} tokens an epoch; max_iters={max_iters} "
-        f"makes {max_iters * step_rows / n_windows:.2f} epochs")
+    say(f"sampling='{sampling}': {n_windows:,} windows of {block_size} tokens an epoch "
+        f"(found in {time.time() - t_tiles:.1f}s); max_iters={max_iters} makes {max_iters * step_rows / n_windows:.2f} epochs")
 
 
 pinned = {}  # CUDA: per micro-batch size, a ring of reusable pinned host buffers with the event of their last copy
