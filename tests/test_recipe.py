@@ -139,7 +139,7 @@ def test_max_seconds_ends_the_run_on_its_budget_with_the_schedule_fitted_to_it(p
     assert len(evals) == 3  # at 0, at half the budget, at its end
     assert evals[1]['train_seconds'] >= 2 and evals[-1]['train_seconds'] >= 4
     trains = [e for e in log if e['event'] == 'train']
-    assert trains[-1]['lr'] < 0.1 * 1.8e-3  # the last steps sit near the end of the decay
+    assert trains[-1]['lr'] < 0.25 * 1.8e-3  # the last step sits in the decay's last quarter (10% of the budget)
     p = fast(p50k_dir, tmp_path / 'd', '--max_seconds=4', check=False)
     assert p.returncode == 0  # a budget alone (no other change) is valid
 
