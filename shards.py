@@ -127,7 +127,7 @@ def doc_tiles(shards, block_size):
     """sampling='doc': (cum, starts), the windows every shard is cut into: one at each document's
     <|endoftext|>, then one every block_size tokens on through a document longer than a window, so a
     document's first window sees it from its start and every token is an input at least once an
-    epoch. starts (n,) int64 holds the windows' offsets in their shards, shard by shard; cum
+    epoch (but a shard's last few, where a whole window no longer fits). starts (n,) int64 holds the windows' offsets in their shards, shard by shard; cum
     (n_shards,) their cumulative count per shard."""
     cum, starts = [], []
     for s in shards:
