@@ -24,7 +24,7 @@ STAGES = [  # (script, config file): the README's first command runs these in th
 ]
 INSTALL = 'pip install -r requirements.txt'
 DEV_INSTALL = 'pip install -r requirements-dev.txt'  # what the tests add; .ci/run installs it too
-TEST_COMMAND = 'python -m pytest -q tests'
+TEST_COMMAND = 'python -m pytest -q -n auto --dist loadfile tests'
 # scripts whose config block CONFIG.md lists, in its order
 CONFIG_SCRIPTS = ['download_github_code.py', 'tokenize_github_code.py', 'train.py', 'sample.py',
                   'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'bench.py', 'bench_tokenize.py',
@@ -114,7 +114,7 @@ def test_readme_opens_with_the_quickstart_and_the_test_command():
     assert lines == [INSTALL] + [f'python {s} {c}' for s, c in STAGES] + [DEV_INSTALL, TEST_COMMAND]
     with open(os.path.join(ROOT, '.ci', 'run')) as f:
         ci = f.read()
-    assert re.search(r'^python3? -m pytest -q tests$', ci, re.M), "CI runs another test command than the README"
+    assert re.search(r'^python3? -m pytest -q -n auto --dist loadfile tests$', ci, re.M), "CI runs another test command than the README"
     assert 'requirements-dev.txt' in ci, "CI installs other requirements than the README's test command"
 
 
