@@ -140,6 +140,66 @@ class Block(nn.Module):
         return x
 
 
+def orthogonalise(X, coefficients, steps, eps):
+    """Newton-Schulz on a stack of matrices at once, torch.optim.Muon's iteration (its coefficients, bf16):
+    X (n, m, k) with m <= k -> (n, m, k), each matrix pushed towards U V^T of its own SVD."""
+    a, b, c = coefficients
+    X = X / X.norm(dim=(-2, -1), keepdim=True).clamp(min=eps)  # spectral norm at most 1, per matrix
+    for _ in range(steps):
+        A = X @ X.mT  # (n, m, m)
+        X = torch.baddbmm(X, torch.baddbmm(A, A, A, beta=b, alpha=c), X, beta=a)
+    return X
+
+
+class Muon(torch.optim.Muon):
+    """torch.optim.Muon's update with the matrices of one size orthogonalised together. torch steps its
+    matrices one by one, 15 small matmuls each (~1,000 launches a step at 124M); stacked, an iteration is
+    three batched matmuls per size. The same state and param groups as torch's, so a checkpoint's
+    optimizer state loads into either."""
+    stack_numel = 2**26  # numbers per stack at most: the stack's copies (~10 bytes a number) stay small beside the model
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            assert group['adjust_lr_fn'] in (None, 'original'), 'only the original shape scaling is batched'
+            params = [p for p in group['params'] if p.grad is not None]
+            for p in params:
+                if 'momentum_buffer' not in self.state[p]:
+                    self.state[p]['momentum_buffer'] = torch.zeros_like(p)
+            if params:
+                torch._foreach_lerp_([self.state[p]['momentum_buffer'] for p in params],
+                                     [p.grad for p in params], 1 - group['momentum'])
+            sizes = {}  # wide and tall matrices of the same two sizes share stacks: tall ones go in transposed
+            for p in params:
+                sizes.setdefault(tuple(sorted(p.shape)), []).append(p)
+            for (short, long), same in sizes.items():
+                per = max(1, self.stack_numel // (short * long))
+                for k in range(0, len(same), per):
+                    self._update(same[k:k + per], group)
+        return loss
+
+    def _update(self, params, group):
+        """Orthogonalise the (Nesterov) momenta of same-size params as one stack and apply them."""
+        bufs = [self.state[p]['momentum_buffer'] for p in params]
+        updates = torch._foreach_lerp([p.grad for p in params], bufs, group['momentum']) if group['nesterov'] else bufs
+        tall = [p.size(0) > p.size(1) for p in params]
+        X = torch.stack([u.mT if t else u for u, t in zip(updates, tall)]).bfloat16()  # (n, short, long)
+        X = orthogonalise(X, group['ns_coefficients'], group['ns_steps'], group['eps'])
+        out = [o.mT if t else o for o, t in zip(X.unbind(0), tall)]
+        lr = group['lr']
+        if group['weight_decay']:
+            torch._foreach_mul_(params, 1 - lr * group['weight_decay'])
+        # torch's shape scaling, lr * sqrt(max(1, rows / cols)): 1 for wide and square, sqrt(long / short) for tall
+        for is_tall, scale in ((False, 1.0), (True, math.sqrt(X.size(-1) / X.size(-2)))):
+            pick = [i for i, t in enumerate(tall) if t == is_tall]
+            if pick:
+                torch._foreach_add_([params[i] for i in pick], [out[i] for i in pick], alpha=-lr * scale)
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):
@@ -220,8 +280,7 @@ class GPT(nn.Module):
         fused = device_type == 'cuda' and 'fused' in inspect.signature(torch.optim.AdamW).parameters
         opts = [torch.optim.AdamW(groups, lr=learning_rate, betas=betas, **({'fused': True} if fused else {}))]
         if hidden:
-            opts.append(torch.optim.Muon(hidden, lr=muon['lr'],
-                                         momentum=muon['momentum'], weight_decay=muon['weight_decay']))
+            opts.append(Muon(hidden, lr=muon['lr'], momentum=muon['momentum'], weight_decay=muon['weight_decay']))
         return opts
 
     def flops_per_token(self):

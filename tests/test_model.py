@@ -6,7 +6,7 @@ import torch
 
 from decode import capture_decode_step, new_cache, sample_next
 from gpu_peaks import peak_flops
-from model import GPT, GPTConfig
+from model import GPT, GPTConfig, Muon
 from shards import EOT
 from torch.nn import functional as F
 
@@ -230,6 +230,47 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(t
     assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw
     assert ('lm_head.weight' in in_adamw) is not tie_head  # a tied head is wte, listed once under that name
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
+
+
+@pytest.mark.parametrize('weight_decay, nesterov, stack_numel', [(0.0, True, Muon.stack_numel), (0.1, False, Muon.stack_numel),
+                                                               (0.1, True, 2 * 32 * 32)],
+                         ids=['one-stack-a-size', 'decay-no-nesterov', 'stacks-of-two'])
+def test_stacked_muon_steps_as_torch_muon_and_shares_its_state(weight_decay, nesterov, stack_numel, monkeypatch):
+    # a block's sizes: square (projection), tall (c_attn, c_fc: sqrt(rows/cols) more rate) and wide (mlp.c_proj)
+    monkeypatch.setattr(Muon, 'stack_numel', stack_numel)
+    torch.manual_seed(0)
+    start = [torch.randn(shape) * 0.02 for shape in [(96, 32), (32, 32), (128, 32), (32, 128)] * 3]
+    grads = [[torch.randn(p.shape) for p in start] for _ in range(3)]
+
+    def steps(cls, n, state=None):
+        params = [p.clone().requires_grad_() for p in start]
+        opt = cls(params, lr=0.02, momentum=0.95, weight_decay=weight_decay, nesterov=nesterov)
+        if state is not None:
+            opt.load_state_dict(state)
+        for g in grads[:n]:
+            for p, gp in zip(params, g):
+                p.grad = gp.clone()
+            opt.step()
+        return [p.detach() for p in params], opt.state_dict()
+
+    want, torch_state = steps(torch.optim.Muon, 3)
+    got, our_state = steps(Muon, 3)
+    change = min((w - s).abs().mean().item() for w, s in zip(want, start))  # the smallest matrix's mean change
+    assert change > 1e-4
+    # bf16 Newton-Schulz in a batched matmul may round apart from torch's one matmul a matrix, not by 1% of a step
+    assert max((w - g).abs().max().item() for w, g in zip(want, got)) < 0.01 * change
+    assert our_state['param_groups'] == torch_state['param_groups']
+    for k, s in torch_state['state'].items():
+        assert torch.allclose(s['momentum_buffer'], our_state['state'][k]['momentum_buffer'], rtol=0, atol=1e-7)
+    # a checkpoint's torch.optim.Muon state carries on in ours: the step after it matches torch's third
+    two, two_steps = steps(torch.optim.Muon, 2)
+    params = [p.clone().requires_grad_() for p in two]
+    opt = Muon(params, lr=0.02, momentum=0.95, weight_decay=weight_decay, nesterov=nesterov)
+    opt.load_state_dict(two_steps)
+    for p, gp in zip(params, grads[2]):
+        p.grad = gp.clone()
+    opt.step()
+    assert max((w - p.detach()).abs().max().item() for w, p in zip(want, params)) < 0.01 * change
 
 
 def test_split_qkv_is_the_same_model_as_one_c_attn_holding_the_stack():
