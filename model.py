@@ -2,7 +2,8 @@
 GPT-2 in one file, nanoGPT style: pre-LayerNorm blocks, causal self-attention through
 F.scaled_dot_product_attention (flash kernels on GPU), GELU MLP, lm_head tied to wte,
 and generate() (the sampling and key/value-cache machinery lives in decode.py).
-With doc_mask, attention stops at <|endoftext|> (FlexAttention on CUDA).
+With doc_mask, attention stops at <|endoftext|> (FlexAttention on CUDA). Muon is torch.optim.Muon's
+update run on stacks of same-size matrices.
 """
 import inspect
 import math
