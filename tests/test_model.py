@@ -242,11 +242,9 @@ def test_stacked_muon_steps_as_torch_muon_and_shares_its_state(weight_decay, nes
     start = [torch.randn(shape) * 0.02 for shape in [(96, 32), (32, 32), (128, 32), (32, 128)] * 3]
     grads = [[torch.randn(p.shape) for p in start] for _ in range(3)]
 
-    def steps(cls, n, state=None):
+    def steps(cls, n):
         params = [p.clone().requires_grad_() for p in start]
         opt = cls(params, lr=0.02, momentum=0.95, weight_decay=weight_decay, nesterov=nesterov)
-        if state is not None:
-            opt.load_state_dict(state)
         for g in grads[:n]:
             for p, gp in zip(params, g):
                 p.grad = gp.clone()
