@@ -148,6 +148,19 @@ def test_init_loss_is_ln_vocab_and_logs_and_plot_are_written(token_dir, tmp_path
     assert 'done' in p.stdout and 'FLOPs' in p.stdout
 
 
+def test_a_line_for_each_log_step_in_order_with_the_evals(token_dir, tmp_path):
+    # a step's line is written once the next step is queued: none may go missing or come after a later eval
+    out = tmp_path / 'out'
+    p = train(token_dir, out, '--max_iters=10', '--log_interval=3', '--eval_interval=5')
+    events = read_log(out)
+    order = [(e['event'], e['iter']) for e in events if e['event'] in ('train', 'eval')]
+    assert order == [('eval', 0), ('train', 0), ('train', 3), ('eval', 5), ('train', 6), ('train', 9), ('eval', 10)]
+    lines = [e for e in events if e['event'] == 'train']
+    assert all(e['ms'] > 0 and math.isfinite(e['loss']) and e['grad_norm'] > 0 for e in lines)
+    assert [line.split(':')[0] for line in p.stdout.splitlines() if line.startswith('step ')] == \
+        ['step 0/10', 'step 3/10', 'step 6/10', 'step 9/10']
+
+
 def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
     m = json.load(open(os.path.join(token_dir, 'manifest.json')))
     short = next(e for e in m['val'] if e['language'] == TINY_VAL_LANGUAGE)['tokens']
