@@ -7,7 +7,7 @@ clipping, logging) run as a subprocess, read back from its log.jsonl, with the p
 (bench/plain_nanogpt.py, a GPT-2 of its own) run at each geometry just before it.
 Token shards are made from the local standard library when data_dir has none.
 
-    python bench.py                                           # 32x1 16x2 8x4 4x8, ~12 min on an H200 (+~75 s a micro-batch size to tune kernels on an empty compile cache)
+    python bench.py                                           # 32x1 16x2 8x4 4x8: ~25-30 min on an H200 with an empty compile cache (kernel tuning), less on a rerun
     python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
     python bench.py --memory_gb=12 --geometries="[(4,8)]"      # a 12 GB card's room on a big one
 
