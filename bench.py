@@ -10,10 +10,12 @@ Token shards are made from the local standard library when data_dir has none.
     python bench.py                                           # 32x1 16x2 8x4 4x8: ~25-30 min on an H200 with an empty compile cache (kernel tuning), less on a rerun
     python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
     python bench.py --memory_gb=12 --geometries="[(4,8)]"      # a 12 GB card's room on a big one
+    python bench.py --model_args="--n_layer=24 --n_head=16 --n_embd=1024" --geometries="[(8,4)]"  # GPT-2 350M in both
 
 prints one row per run as it ends: tokens/s, ms/step, MFU, share of the step fetching data, peak
-memory, the ratio to the reference at the same geometry, and how far its logged losses stray from
-the first variant's at that geometry (the same seed and batches, so a faster path must not move them).
+memory, the ratio to the reference at the same geometry, how far its logged losses stray from the
+first variant's at that geometry (the same seed and batches, so a faster path must not move them),
+and the run's wall seconds, compile included; then a summary line with the lowest and highest ratio.
 """
 import json
 import os
@@ -21,13 +23,15 @@ import re
 import subprocess
 import sys
 import tempfile
+import time
 
 from configurator import configure, die
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
-reference = os.path.join('bench', 'plain_nanogpt.py')  # the plain recipe, run with --micro_batch/--grad_accum/--steps; '' to skip it
-geometries = [(32, 1), (16, 2), (8, 4), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * 1024
+reference = os.path.join('bench', 'plain_nanogpt.py')  # the plain recipe, run with --micro_batch/--grad_accum/--steps and model_args; '' to skip it
+geometries = [(32, 1), (16, 2), (8, 4), (4, 8)]  # (micro-batch, grad accum) pairs; tokens/step = B * A * block_size
+model_args = ''  # flags for both scripts, so both do the same math elsewhere: e.g. '--n_layer=24 --n_head=16 --n_embd=1024', or a tiny model with '--device=cpu'
 variants = ['', '--auto_batch=False', '--auto_batch=False --cuda_graph_tokens=0']  # extra train.py flags, one run per geometry each
 steps = 60  # timed optimizer steps per run (after warmup)
 warmup = 10  # steps left out of the timing (compilation, allocator warm-up)
@@ -39,7 +43,10 @@ here = os.path.dirname(os.path.abspath(__file__))
 
 
 def run(cmd):
+    global wall
+    t0 = time.time()
     p = subprocess.run(cmd, cwd=here, capture_output=True, text=True)
+    wall = time.time() - t0  # the last run's seconds, for its row
     if p.returncode != 0:
         die(f"{' '.join(cmd)} failed:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p.stdout
@@ -56,30 +63,32 @@ if not os.path.isfile(os.path.join(data_dir, 'manifest.json')):
          '--val_fraction=0.1', '--shard_tokens=5_000_000'])
 
 # --- runs ---------------------------------------------------------------------------------------
-cap = [f'--memory_gb={memory_gb}'] if memory_gb else []
-print(f"{'run':48s} {'tokens/s':>10s} {'ms/step':>8s} {'MFU':>6s} {'data':>6s} {'peak GiB':>8s} {'x ref':>6s} {'dloss':>7s}",
-      flush=True)
+both = [f'--memory_gb={memory_gb}'] if memory_gb else []
+both += model_args.split()
+print(f"{'run':48s} {'tokens/s':>10s} {'ms/step':>8s} {'MFU':>6s} {'data':>6s} {'peak GiB':>8s} {'x ref':>6s} {'dloss':>7s} "
+      f"{'s':>5s}", flush=True)
+t_start, ratios = time.time(), []  # ratios: (train.py over the reference, row name)
 
 
 def row(name, tok_s, ms, mfu=None, data=None, mem=None, ratio=None, dloss=None):
     f = lambda v, fmt: format(v, fmt) if v is not None else '-'
     print(f"{name:48s} {tok_s:10,.0f} {ms:8.1f} {f(mfu and mfu * 100, '5.1f'):>6s} {f(data and data * 100, '5.2f'):>6s} "
-          f"{f(mem, '8.1f'):>8s} {f(ratio, '6.2f'):>6s} {f(dloss, '7.4f'):>7s}", flush=True)
+          f"{f(mem, '8.1f'):>8s} {f(ratio, '6.2f'):>6s} {f(dloss, '7.4f'):>7s} {wall:5.0f}", flush=True)
 
 
 for B, A in geometries:
     ref, first_losses = None, None
     if reference:
-        out = run([sys.executable, reference, f'--micro_batch={B}', f'--grad_accum={A}', f'--steps={steps}', *cap])
+        out = run([sys.executable, reference, f'--micro_batch={B}', f'--grad_accum={A}', f'--steps={steps}', *both])
         ref = float(re.search(r'tokens/s=(\d+)', out).group(1))
-        row(f"reference {B}x{A}", ref, B * A * 1024 / ref * 1000, mem=float(re.search(r'peak_gib=([\d.]+)', out).group(1)),
-            ratio=1.0)
+        row(f"reference {B}x{A}", ref, float(re.search(r'ms/step=([\d.]+)', out).group(1)),
+            mem=float(re.search(r'peak_gib=([\d.]+)', out).group(1)), ratio=1.0)
     for extra in variants:
         with tempfile.TemporaryDirectory() as out_dir:
             log_interval = 5
             run([sys.executable, 'train.py', f'--data_dir={data_dir}', f'--out_dir={out_dir}',
                  f'--batch_size={B}', f'--gradient_accumulation_steps={A}', f'--max_iters={warmup + steps}',
-                 '--eval_interval=1000000', '--eval_iters=1', f'--log_interval={log_interval}', *cap,
+                 '--eval_interval=1000000', '--eval_iters=1', f'--log_interval={log_interval}', *both,
                  *extra.split()])
             with open(os.path.join(out_dir, 'log.jsonl')) as f:
                 events = [json.loads(line) for line in f]
@@ -91,8 +100,16 @@ for B, A in geometries:
         ms = sum(e['ms'] for e in timed) / len(timed)  # each row is the mean of log_interval steps
         tok_s = start['tokens_per_iter'] / ms * 1000
         data = sum(e['data_share'] for e in timed) / len(timed)
-        mem = max(e['peak_mem_gib'] or 0 for e in timed)
+        mem = max((e['peak_mem_gib'] for e in timed if e['peak_mem_gib'] is not None), default=None)
         first_losses = first_losses or losses
         dloss = max(abs(losses[i] - first_losses[i]) for i in losses if i in first_losses)
         name = f"ours {B}x{A}" + (f" -> {start['micro_batch']}x{start['accum']}" if start['micro_batch'] != B else "")
         row(f"{name} {extra}".strip(), tok_s, ms, timed[-1]['mfu'], data, mem, tok_s / ref if ref else None, dloss)
+        if ref:
+            ratios.append((tok_s / ref, f"{name} {extra}".strip()))
+
+runs = len(geometries) * (len(variants) + bool(reference))
+lo, hi = min(ratios, default=None), max(ratios, default=None)
+print(f"bench: {runs} runs in {(time.time() - t_start) / 60:.1f} min" +
+      (f"; train.py against the plain recipe: lowest {lo[0]:.3f}x ({lo[1]}), highest {hi[0]:.3f}x ({hi[1]})" if ratios else ''),
+      flush=True)

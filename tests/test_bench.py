@@ -1,4 +1,4 @@
-"""bench/plain_nanogpt.py, the plain recipe bench.py measures against, runs and reports as bench.py reads it."""
+"""bench.py and bench/plain_nanogpt.py, the plain recipe it measures against: each runs, reports as the other reads it, and sums up."""
 import re
 
 from conftest import run_script
@@ -16,3 +16,31 @@ def test_plain_recipe_trains_and_prints_its_rate():
 def test_bench_refuses_a_missing_reference_in_one_line(tmp_path):
     p = run_script('bench.py', '--reference=nope.py', f'--data_dir={tmp_path}', check=False)
     assert p.returncode != 0 and 'nope.py' in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_bench_runs_both_scripts_on_a_tiny_model_and_sums_up_the_ratios(tmp_path):
+    from conftest import code_rows, make_token_dir
+    make_token_dir(str(tmp_path / 'tokens'), code_rows(per_language=10))
+    p = run_script('bench.py', f'--data_dir={tmp_path / "tokens"}', '--geometries=[(2,2)]', '--steps=10', '--warmup=5',
+                   "--variants=['', '--seed=1337', '--seed=7']",
+                   '--model_args=--device=cpu --n_layer=1 --n_head=2 --n_embd=32 --block_size=32')
+    rows = {m.group(1).strip(): m.groups()[1:] for m in re.finditer(
+        r'^((?:reference|ours) 2x2[^\d]*?(?:--seed=\d+)?)\s+([\d,]+)\s+[\d.]+\s+\S+\s+\S+\s+\S+\s+([\d.]+)\s+(\S+)\s+(\d+)$',
+        p.stdout, re.M)}
+    assert list(rows) == ['reference 2x2', 'ours 2x2', 'ours 2x2 --seed=1337', 'ours 2x2 --seed=7'], p.stdout
+    ref = int(rows['reference 2x2'][0].replace(',', ''))
+    ratios = {}
+    for name, (tok_s, ratio, dloss, seconds) in rows.items():
+        assert int(seconds) >= 1  # a process that imports torch and trains takes a second at least
+        ratios[name] = int(tok_s.replace(',', '')) / ref
+        assert abs(float(ratio) - ratios[name]) <= 0.006, (name, ratio)
+    assert rows['ours 2x2 --seed=1337'][2] == '0.0000'  # the default seed spelled out: the same losses
+    assert float(rows['ours 2x2 --seed=7'][2]) > 0  # another seed: other batches, other losses
+    ours = {n: r for n, r in ratios.items() if n != 'reference 2x2'}
+    last = p.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r'bench: 4 runs in [\d.]+ min; train\.py against the plain recipe: '
+                     r'lowest ([\d.]+)x \((.+)\), highest ([\d.]+)x \((.+)\)', last)
+    assert m and m.group(2) in ours and m.group(4) in ours, last
+    slack = 0.002  # the rows print tokens/s rounded to a whole token
+    assert abs(float(m.group(1)) - ours[m.group(2)]) <= slack and ours[m.group(2)] <= min(ours.values()) + slack
+    assert abs(float(m.group(3)) - ours[m.group(4)]) <= slack and ours[m.group(4)] >= max(ours.values()) - slack
