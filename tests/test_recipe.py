@@ -148,7 +148,9 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     from conftest import STDLIB
     local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))  # 'email' is held out for val
     work = tmp_path / 'br'
-    p = run_script('bench_recipe.py', '--budget=3', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
+    # 6 s: a loaded 2-core machine takes ~1.5 s a step, and a step that crosses both half the budget and its end
+    # gives one eval, not two
+    p = run_script('bench_recipe.py', '--budget=6', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
                    '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=True']",
                    '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
                    env=ENV)
