@@ -104,9 +104,10 @@ for B, A in geometries:
         first_losses = first_losses or losses
         dloss = max(abs(losses[i] - first_losses[i]) for i in losses if i in first_losses)
         name = f"ours {B}x{A}" + (f" -> {start['micro_batch']}x{start['accum']}" if start['micro_batch'] != B else "")
-        row(f"{name} {extra}".strip(), tok_s, ms, timed[-1]['mfu'], data, mem, tok_s / ref if ref else None, dloss)
+        name = f"{name} {extra}".strip()
+        row(name, tok_s, ms, timed[-1]['mfu'], data, mem, tok_s / ref if ref else None, dloss)
         if ref:
-            ratios.append((tok_s / ref, f"{name} {extra}".strip()))
+            ratios.append((tok_s / ref, name))
 
 runs = len(geometries) * (len(variants) + bool(reference))
 lo, hi = min(ratios, default=None), max(ratios, default=None)
