@@ -201,6 +201,22 @@ class Muon(torch.optim.Muon):
                 torch._foreach_add_([params[i] for i in pick], [out[i] for i in pick], alpha=-lr * scale)
 
 
+def clip_grad_norm(optimizers, max_norm, fold=True):
+    """The global L2 norm of the optimizers' gradients (0-dim tensor), and the gradients clipped to
+    max_norm (0: not clipped) as torch.nn.utils.clip_grad_norm_ clips them. An optimizer whose step
+    divides by a grad_scale (fused AdamW) gets the clip as that divisor instead, so its kernel rescales
+    each gradient in the pass that reads it anyway: one pass fewer over the fp32 gradients (0.5 GB at
+    124M). fold=False under a GradScaler, which sets grad_scale itself."""
+    params = [[p for g in opt.param_groups for p in g['params'] if p.grad is not None] for opt in optimizers]
+    norm = torch.nn.utils.get_total_norm([p.grad for ps in params for p in ps])
+    for opt, ps in zip(optimizers, params):
+        if max_norm > 0 and fold and getattr(opt, '_step_supports_amp_scaling', False):
+            opt.grad_scale = torch.clamp((norm + 1e-6) / max_norm, min=1.0)  # 1 / clip_grad_norm_'s factor
+        elif max_norm > 0:
+            torch.nn.utils.clip_grads_with_norm_(ps, max_norm, norm)
+    return norm
+
+
 class GPT(nn.Module):
 
     def __init__(self, config):

@@ -35,7 +35,7 @@ import humaneval
 import pretrained
 from configurator import configure, die, setup_device
 from gpu_peaks import peak_flops
-from model import GPT, GPTConfig, flex_attention
+from model import GPT, GPTConfig, clip_grad_norm, flex_attention
 
 # -----------------------------------------------------------------------------
 # config: the defaults are the reference run (GPT-2 124M, 32,768 tokens per step)
@@ -739,7 +739,7 @@ while True:
         step_loss += loss.detach()
     for opt in optimizers:
         scaler.unscale_(opt)
-    grad_norm = torch.nn.utils.clip_grad_norm_(raw_model.parameters(), grad_clip if grad_clip > 0 else float('inf'))
+    grad_norm = clip_grad_norm(optimizers, grad_clip, fold=not scaler.is_enabled())
     for opt in optimizers:
         scaler.step(opt)
         opt.zero_grad(set_to_none=not micro_step)  # the graph adds into the same .grad tensors

@@ -6,7 +6,7 @@ import torch
 
 from decode import capture_decode_step, new_cache, sample_next
 from gpu_peaks import peak_flops
-from model import GPT, GPTConfig, Muon
+from model import GPT, GPTConfig, Muon, clip_grad_norm
 from shards import EOT
 from torch.nn import functional as F
 
@@ -230,6 +230,44 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(t
     assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw
     assert ('lm_head.weight' in in_adamw) is not tie_head  # a tied head is wte, listed once under that name
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
+
+
+@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+@pytest.mark.parametrize('max_norm', [1.0, 1e6, 0.0], ids=['clipping', 'under-the-cap', 'off'])
+def test_clip_folded_into_fused_adamw_steps_as_clip_grad_norm_then_step(max_norm, device):
+    # AdamW (fused: its step takes the clip as grad_scale) on the embeddings and gains, Muon (scaled here) on the blocks
+    def setup():
+        model = tiny(bias=True).to(device)
+        muon_params = [p for n, p in model.named_parameters() if n.startswith('transformer.h.') and p.dim() == 2]
+        rest = [p for p in model.parameters() if all(p is not m for m in muon_params)]
+        opts = [torch.optim.AdamW(rest, lr=1e-2, weight_decay=0.1, fused=True), Muon(muon_params, lr=0.02)]
+        torch.manual_seed(1)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p) * 3  # global norm ~300: max_norm=1 clips by ~300x
+        return model, opts
+
+    ref, ref_opts = setup()
+    ref_norm = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm if max_norm else float('inf'))
+    ours, opts = setup()
+    before = [p.grad.clone() for p in opts[0].param_groups[0]['params']]
+    norm = clip_grad_norm(opts, max_norm)
+    assert torch.allclose(norm, ref_norm) and norm > 100
+    # the fold leaves AdamW's gradients for its kernel to scale; Muon's are scaled now
+    assert all(torch.equal(g, p.grad) for g, p in zip(before, opts[0].param_groups[0]['params']))
+    for o, r in zip(opts[1].param_groups[0]['params'], ref_opts[1].param_groups[0]['params']):
+        torch.testing.assert_close(o.grad, r.grad, rtol=1e-6, atol=0)
+    for o in (*opts, *ref_opts):
+        o.step()
+    for (name, p), q in zip(ours.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-6, msg=name)
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0, msg=name)  # fused AdamW stores what it stepped with
+    # without the fold (a GradScaler owns grad_scale) every gradient is clipped in place before the step
+    plain, plain_opts = setup()
+    clip_grad_norm(plain_opts, max_norm, fold=False)
+    assert not hasattr(plain_opts[0], 'grad_scale')
+    for p, q in zip(plain.parameters(), ref.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-6, atol=0)
 
 
 @pytest.mark.parametrize('weight_decay, nesterov, stack_numel', [(0.0, True, Muon.stack_numel), (0.1, False, Muon.stack_numel),
