@@ -6,7 +6,7 @@ import torch
 
 from decode import capture_decode_step, new_cache, sample_next
 from gpu_peaks import peak_flops
-from model import GPT, GPTConfig, Muon, clip_grad_norm
+from model import GPT, GPTConfig, HeadLoss, Muon, clip_grad_norm
 from shards import EOT
 from torch.nn import functional as F
 
@@ -232,8 +232,55 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(t
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
 
 
-@pytest.mark.parametrize('device', ['cpu', pytest.param('cuda', marks=pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU"))])
+CUDA = pytest.param('cuda', marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"))
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
+@pytest.mark.parametrize('autocast', [False, True], ids=['fp32', 'bf16'])
+def test_head_loss_is_cross_entropy_with_its_gradients(device, autocast):
+    # 20,000 entries: several of the CUDA kernel's 8,192-wide blocks, the last one partial
+    torch.manual_seed(0)
+    x = torch.randn(48, 40, device=device, requires_grad=True)
+    w = (torch.randn(20000, 40, device=device) * 0.3).requires_grad_()
+    t = torch.randint(0, 20000, (48,), device=device)
+    t[[0, 5, 6]] = -1  # ignored: out of the mean and of the gradients
+    grads = []
+    for head in (HeadLoss.apply, lambda x, w, t: F.cross_entropy(F.linear(x, w).float(), t, ignore_index=-1)):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=autocast):
+            loss = head(x, w, t)
+        (loss * 0.375).backward()  # an upstream factor, as 1/grad_accum is
+        grads.append((loss.detach(), x.grad, w.grad))
+        x.grad = w.grad = None
+    (loss, dx, dw), (ref_loss, ref_dx, ref_dw) = grads
+    tol = dict(rtol=2e-2, atol=2e-2 * ref_dx.abs().max().item()) if autocast else dict(rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dx, ref_dx, **tol)
+    torch.testing.assert_close(dw, ref_dw, **(tol if not autocast else dict(tol, atol=2e-2 * ref_dw.abs().max().item())))
+    assert dx.dtype == x.dtype and dw.dtype == w.dtype and dx[[0, 5, 6]].abs().max() == 0 and ref_dx.abs().max() > 0
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
+def test_compiled_training_step_through_the_head_loss_gives_autograds_gradients(device):
+    # the training forward (grad enabled, targets, no logits asked) goes through HeadLoss under
+    # torch.compile; return_logits=True takes F.cross_entropy, eagerly here
+    model = tiny(vocab_size=320).to(device)
+    idx = torch.randint(0, 320, (4, 32), device=device)
+    targets = torch.roll(idx, -1, 1)
+    targets[0, :5] = -1
+    grads = []
+    for forward in (torch.compile(model), lambda i, t: model(i, t, return_logits=True)):
+        with torch.autocast(device, dtype=torch.bfloat16):
+            _, loss = forward(idx, targets)
+        loss.backward()
+        grads.append((loss.item(), {n: p.grad for n, p in model.named_parameters()}))
+        model.zero_grad(set_to_none=True)
+    (loss, ours), (ref_loss, ref) = grads
+    assert loss == pytest.approx(ref_loss, rel=1e-3)
+    for n, g in ref.items():
+        assert ((ours[n] - g).norm() / g.norm()).item() < 2e-2, n
+
+
+@pytest.mark.parametrize('device', ['cpu', CUDA])
 @pytest.mark.parametrize('max_norm', [1.0, 1e6, 0.0], ids=['clipping', 'under-the-cap', 'off'])
 def test_clip_folded_into_fused_adamw_steps_as_clip_grad_norm_then_step(max_norm, device):
     # AdamW (fused: its step takes the clip as grad_scale) on the embeddings and gains, Muon (scaled here) on the blocks
