@@ -6,25 +6,13 @@
 # usage (CUDA GPU): python notes/explore_head_loss.py
 import os
 import sys
-import time
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.getcwd())
 import model as M  # noqa: E402
-from notes.steptime import plain_step, time_steps  # noqa: E402
-
-
-def ms(fn, n=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1000
+from notes.steptime import cuda_ms, plain_step, time_steps  # noqa: E402
 
 
 class AutogradLoss:  # stands in for M.HeadLoss: the loss as model.py's eval path computes it
@@ -47,8 +35,8 @@ z = z0.clone()
 rows = torch.empty(N, device='cuda', dtype=torch.float32)
 def triton_ce():
     M.head_loss_rows[(N,)](z, t, rows, V, z.stride(0), BLOCK=8192, num_warps=16)
-print(f"loss + logits' gradient, {N}x{V} bf16: compiled autograd {ms(autograd_ce):.3f} ms, "
-      f"head_loss_rows {ms(triton_ce):.3f} ms", flush=True)
+print(f"loss + logits' gradient, {N}x{V} bf16: compiled autograd {cuda_ms(autograd_ce):.3f} ms, "
+      f"head_loss_rows {cuda_ms(triton_ce):.3f} ms", flush=True)
 z.copy_(z0)
 triton_ce()
 keep = (t != -1).sum()

@@ -6,7 +6,6 @@
 #   python notes/explore_loop.py
 import os
 import sys
-import time
 
 import numpy as np
 import torch
@@ -14,7 +13,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 import shards  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
-from notes.steptime import time_steps  # noqa: E402
+from notes.steptime import cuda_ms, time_steps  # noqa: E402
 
 torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
@@ -27,17 +26,6 @@ for name, d in (('real', real), ('random', rand)):
     c = torch.bincount(d[0, :, :-1].flatten(), minlength=V)
     top = torch.topk(c, 3)
     print(f"{name} batch: {int((c > 0).sum())} distinct tokens; most frequent {top.indices.tolist()} x {top.values.tolist()} of {B * T}")
-
-
-def cuda_ms(fn, n=20):
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1000
 
 
 # --- 1. the embedding backward alone, (B*T, 768) fp32 gradient as under autocast ---------------

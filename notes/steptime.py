@@ -1,5 +1,5 @@
 # shared by the notes/explore_*.py scripts (not part of the product): the bare training step of
-# GPT-2 124M at a fixed batch, and its timer.
+# GPT-2 124M at a fixed batch, and its timers.
 import time
 
 import torch
@@ -49,3 +49,15 @@ def time_steps(step, tokens, steps=30, profile=None):
         with open(profile, 'w') as f:
             f.write(p.key_averages().table(sort_by='self_cuda_time_total', row_limit=30, max_name_column_width=100))
     return tokens / dt, dt * 1000, torch.cuda.max_memory_allocated() / 2**30, warmup_s
+
+
+def cuda_ms(fn, n=20):
+    """ms per call of fn() on the GPU, over n calls after 3 warm-up calls."""
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(n):
+        fn()
+    torch.cuda.synchronize()
+    return (time.perf_counter() - t) / n * 1000
