@@ -262,6 +262,7 @@ class HeadLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, targets):  # x (n, d), w (vocab, d), targets (n) with -1 for none
         logits = F.linear(x, w)  # (n, vocab), bf16 under autocast
+        keep = targets != -1  # (n)
         if triton is not None and logits.is_cuda:
             rows = torch.empty(logits.size(0), device=logits.device, dtype=torch.float32)  # (n)
             block = min(8192, triton.next_power_of_2(logits.size(1)))
@@ -269,13 +270,12 @@ class HeadLoss(torch.autograd.Function):
                                               BLOCK=block, num_warps=16)
             dz = logits  # (n, vocab), now softmax - onehot
         else:
-            z = logits.float()
-            lse = torch.logsumexp(z, dim=-1)  # (n)
-            keep = (targets != -1).float()
-            rows = (lse - z.gather(1, targets.clamp(min=0)[:, None])[:, 0]) * keep
-            hit = torch.arange(z.size(-1), device=z.device) == targets[:, None]  # (n, vocab) one-hot
-            dz = ((torch.exp(z - lse[:, None]) - hit.float()) * keep[:, None]).to(logits.dtype)
-        count = (targets != -1).sum()
+            z, t = logits.float(), targets.clamp(min=0)[:, None]  # (n, vocab), (n, 1)
+            lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (n, 1)
+            rows = (lse - z.gather(1, t))[:, 0] * keep
+            dz = torch.exp(z - lse).scatter_add_(1, t, -torch.ones_like(lse))  # softmax - onehot
+            dz = (dz * keep[:, None]).to(logits.dtype)
+        count = keep.sum()
         dx, dw = dz @ w.to(dz.dtype), dz.t() @ x.to(dz.dtype)  # as F.linear's backward: (n, d), (vocab, d)
         ctx.save_for_backward(dx, dw, count)
         ctx.dtypes = x.dtype, w.dtype
