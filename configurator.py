@@ -20,19 +20,28 @@ ast.literal_eval and fall back to the raw string, so `--out_dir=out` and
 Returns the final {key: value} dict of the config keys, for logging and checkpoints; `given`
 then holds the keys a config file changed or the command line set.
 
-Errors: die() prints one 'error: ...' line to stderr and exits 2 (bad input); an OSError that
-reaches the top (a full disk, a read-only folder, a file where a folder should be) is printed as
-one line too, exit 1. Every stage writes atomically, so earlier output is intact either way.
+- every numeric key, in every script, must lie in its range in RANGES below (one table for all
+  scripts: a key means the same wherever it appears), and be finite.
+
+Errors: die() prints one 'error: ...' line to stderr and exits 2 (bad input). configure() also
+installs the hook that does the same for a codegpt.errors.UserError that reaches the top (the
+library raises, the script prints), and prints an OSError that reaches the top (a full disk, a
+read-only folder, a file where a folder should be) or a network failure as one line, exit 1.
+Every stage writes atomically, so earlier output is intact either way.
 """
 import ast
 import copy
 import difflib
 import errno
+import math
 import multiprocessing
 import os
 import re
+import socket
 import sys
 import traceback
+
+from codegpt.errors import NetworkError, UserError
 
 CONFIG_TYPES = (int, float, bool, str, list, tuple, dict, type(None))
 DTYPES = ('float32', 'bfloat16', 'float16')
@@ -70,11 +79,140 @@ def os_error_line(e):
     return f"error: {what}{where}; {advice}. Files finished before this are intact; rerun to continue"
 
 
+def is_network_error(e):
+    """A failure of the network (no route, no DNS, a refused or dropped connection, an HTTP client's
+    own error) rather than of the disk."""
+    if isinstance(e, (ConnectionError, socket.gaierror, NetworkError)):
+        return True
+    module = type(e).__module__.split('.')[0]
+    return isinstance(e, OSError) and module in ('requests', 'urllib3', 'httpx', 'httpcore', 'huggingface_hub')
+
+
 def _excepthook(kind, value, tb):
-    if issubclass(kind, OSError) and not issubclass(kind, ConnectionError):
+    if issubclass(kind, UserError):  # the library's one line: the network's, or the input's
+        print(f"error: {'network: ' if issubclass(kind, NetworkError) else ''}{value}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    elif is_network_error(value):
+        first = (str(value).strip().splitlines() or [kind.__name__])[0][:300]
+        print(f"error: network: {first}; check the connection (or HF_ENDPOINT for the hub, TIKTOKEN_CACHE_DIR "
+              f"for tiktoken's BPE files) and rerun", file=sys.stderr, flush=True)
+    elif issubclass(kind, OSError):
         print(os_error_line(value), file=sys.stderr, flush=True)
     else:
         sys.__excepthook__(kind, value, tb)
+
+
+# The valid values of numeric keys, for every script that has the key: an interval the value must lie
+# in (finite, ints where the default is an int), and what the key is. 'script.py:key' sets a rule for
+# one script where the same name means something else there.
+RANGES = {
+    # train.py
+    'batch_size': ('[1, inf)', 'sequences per forward'),
+    'gradient_accumulation_steps': ('[1, inf)', 'micro-batches per step'),
+    'block_size': ('[1, inf)', 'tokens of context'),
+    'eval_interval': ('[1, inf)', 'steps between evals'),
+    'eval_iters': ('[1, inf)', 'eval batches'),
+    'log_interval': ('[1, inf)', 'steps between log lines'),
+    'early_stop_patience': ('[0, inf)', 'evals without a new best; 0 = off'),
+    'seed': ('[0, 2**63)', 'a random seed'),
+    'n_layer': ('[1, inf)', 'transformer blocks'),
+    'n_head': ('[1, inf)', 'attention heads'),
+    'n_embd': ('[1, inf)', 'the model width'),
+    'dropout': ('[0, 1)', 'a probability'),
+    'vocab_size': ('[1, 65536]', 'embedding rows (token ids are uint16)'),
+    'softcap': ('[0, inf)', 'a logit cap; 0 = none'),
+    'learning_rate': ('[0, inf)', 'a learning rate'),
+    'max_iters': ('[0, inf)', 'optimizer steps'),
+    'weight_decay': ('[0, inf)', 'a decay rate'),
+    'beta1': ('[0, 1)', "AdamW's momentum"),
+    'beta2': ('[0, 1)', "AdamW's second-moment decay"),
+    'grad_clip': ('[0, inf)', 'a gradient norm; 0 = off'),
+    'muon_lr': ('[0, inf)', 'a learning rate'),
+    'muon_momentum': ('[0, 1)', "Muon's momentum"),
+    'muon_weight_decay': ('[0, inf)', 'a decay rate'),
+    'warmup_iters': ('[0, inf)', 'steps'),
+    'min_warmup_iters': ('[0, inf)', 'steps'),
+    'lr_decay_iters': ('[0, inf)', 'steps'),
+    'cooldown_frac': ('[0, 1]', 'a share of max_iters'),
+    'min_lr': ('[0, inf)', 'a learning rate'),
+    'max_seconds': ('[0, inf)', 'seconds; 0 = no budget'),
+    'ddp_bucket_mb': ('(0, inf)', 'megabytes'),
+    'peak_tflops': ('(0, inf)', 'TFLOP/s'),
+    'cuda_graph_tokens': ('[0, inf)', 'tokens; 0 = never'),
+    'memory_gb': ('[0, inf)', 'GiB; 0 = no cap'),
+    # tokenize_github_code.py
+    'val_fraction': ('[0, 1)', 'a share of repositories'),
+    'val_max_tokens': ('[0, inf)', 'tokens; 0 = no cap'),
+    'val_max_bytes': ('[0, inf)', 'bytes; 0 = no cap'),
+    'shard_tokens': ('[1, inf)', 'tokens per shard'),
+    'min_chars': ('[0, inf)', 'characters'),
+    'max_file_bytes': ('[1, inf)', 'bytes'),
+    'max_line_length': ('[1, inf)', 'characters'),
+    'workers': ('[1, inf)', 'processes or threads'),
+    'batch_rows': ('[1, inf)', 'rows'),
+    'dedup_threshold': ('(0, 1]', 'a Jaccard similarity'),
+    'dedup_ngram': ('[1, inf)', 'words per shingle'),
+    'dedup_permutations': ('[2, inf)', 'MinHash permutations'),
+    'fim_rate': ('[0, 1]', 'a share of documents'),
+    'spm_rate': ('[0, 1]', 'a share of FIM documents'),
+    # download_github_code.py
+    'num_shards': ('[1, inf)', 'shards'),
+    'shard_start': ('[0, inf)', 'a shard index'),
+    'local_shard_bytes': ('[1, inf)', 'bytes'),
+    'local_max_file_bytes': ('[1, inf)', 'bytes'),
+    # sample.py and the evals
+    'num_samples': ('[1, inf)', 'samples'),
+    'max_new_tokens': ('[1, inf)', 'tokens'),
+    'eval_humaneval.py:max_new_tokens': ('[0, inf)', "tokens; 0 = the protocol's"),
+    'eval_infill.py:max_new_tokens': ('[1, inf)', 'tokens'),
+    'temperature': ('[0, inf)', '0 = greedy'),
+    'top_k': ('[0, inf)', 'tokens; 0 = off'),
+    'top_p': ('[0, 1]', 'a probability mass'),
+    'limit': ('[0, inf)', 'problems; 0 = all'),
+    'n_samples': ('[1, inf)', 'completions per problem'),
+    'timeout': ('(0, inf)', 'seconds'),
+    'memory_mb': ('[64, inf)', 'MiB'),
+    'max_procs': ('[1, inf)', 'processes'),
+    'sandbox_uid': ('[-1, 2**31)', 'a uid; -1 = run as yourself'),
+    'max_tokens': ('[1, inf)', 'tokens'),
+    'eval_bpb.py:block_size': ('[0, inf)', "tokens; 0 = the model's"),
+    # the benchmarks
+    'budget': ('(0, inf)', 'training seconds'),
+    'evals': ('[1, inf)', 'evals per run'),
+    'repeats': ('[1, inf)', 'runs per recipe'),
+    'warmup_floor': ('[0, inf)', 'steps'),
+    'micro_batch': ('[1, inf)', 'sequences per forward'),
+    'grad_accum': ('[1, inf)', 'micro-batches per step'),
+    'steps': ('[1, inf)', 'steps'),
+    'warmup': ('[0, inf)', 'steps'),
+    'prompt_len': ('[1, inf)', 'tokens'),
+    'warmup_tokens': ('[0, inf)', 'tokens'),
+    'corpus_mb': ('(0, inf)', 'megabytes'),
+    'files': ('[1, inf)', 'files'),
+}
+PATH_KEYS = ('out_dir', 'data_dir', 'in_dir', 'work_dir')  # a folder each script needs: never ''
+
+
+def in_range(value, interval):
+    """Is value inside an interval written as '[a, b)' (ends as Python numbers or inf)?"""
+    lo, hi = (eval(e, {'inf': math.inf}) for e in interval[1:-1].split(','))
+    above = value >= lo if interval[0] == '[' else value > lo
+    below = value <= hi if interval[-1] == ']' else value < hi
+    return above and below
+
+
+def check_ranges(g, known, script):
+    """die() on the first numeric key outside its RANGES entry, naming the key, value and range."""
+    for key in known:
+        value = g[key]
+        if key in PATH_KEYS and value == '':
+            die(f"{key} is empty; pass a folder, e.g. --{key}=out")
+        rule = RANGES.get(f"{script}:{key}") or RANGES.get(key)
+        if rule is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        interval, what = rule
+        if not math.isfinite(value) or not in_range(value, interval):
+            die(f"{key}={value!r} is outside {interval} ({what}); pass a value in that range")
 
 
 def config_keys(g):
@@ -179,6 +317,7 @@ def configure(g, argv=None):
             g[key] = coerce(key, attempt, defaults[key], 'command line')
             given.add(key)
     _out_dir = g.get('out_dir') if isinstance(g.get('out_dir'), str) else None
+    check_ranges(g, known, os.path.basename(g.get('__file__', '')))
     changed = [f"{k}={g[k]!r}" for k in known if g[k] != defaults[k]]
     # DDP: rank 0 speaks for all; a spawned worker re-runs the script's top, silently
     if (files or changed) and os.environ.get('RANK', '0') == '0' and multiprocessing.parent_process() is None:

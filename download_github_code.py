@@ -29,11 +29,12 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
-import github_code
-import local_source
-from atomic import lock_dir, write_json
+from codegpt import github_code
+from codegpt import local_source
+from codegpt.atomic import lock_dir, write_json
 from configurator import configure, die
-from local_source import Failed, sha256_of
+from codegpt.errors import NetworkError, UserError
+from codegpt.local_source import sha256_of
 
 # -----------------------------------------------------------------------------
 repo_id = 'codeparrot/github-code'  # dataset repo on the hub
@@ -74,35 +75,36 @@ if workers < 1 or local_shard_bytes < 1:
 
 
 def parquet_rows(path):
-    """Row count of a parquet file in the raw github-code schema; Failed if it is anything else."""
+    """Row count of a parquet file in the raw github-code schema; UserError if it is anything else."""
     import pyarrow.parquet as pq
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:
-        raise Failed(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
-                     f"delete it and rerun")
+        raise UserError(f"{path} is not a readable parquet file ({type(e).__name__}: {str(e).splitlines()[0]}); "
+                        f"delete it and rerun")
     bad = [f"{col}: {t}" for col, t in github_code.schema_problems(pf.schema_arrow)]
     if bad:
-        raise Failed(f"{path} does not have github-code's columns {', '.join(github_code.COLUMNS)} ({'; '.join(bad)}); "
-                     f"check repo_id={repo_id!r}")
+        raise UserError(f"{path} does not have github-code's columns {', '.join(github_code.COLUMNS)} ({'; '.join(bad)}); "
+                        f"check repo_id={repo_id!r}")
     return pf.metadata.num_rows
 
 
 # --- hub source: resolve the revision to a commit and list the data/ folder
 def hub_error(e, what, ep):
-    """A hub exception as one actionable line."""
+    """A hub exception as the error to raise, with one actionable line: NetworkError when the hub
+    did not answer, UserError when it answered no."""
     status = getattr(getattr(e, 'response', None), 'status_code', None)
     msg = (str(e).strip().splitlines() or [''])[0][:200]
     if 'Offline' in type(e).__name__:
-        return f"{what}: HF_HUB_OFFLINE is set; unset it, or run offline with --source=local"
+        return UserError(f"{what}: HF_HUB_OFFLINE is set; unset it, or run offline with --source=local")
     if status is None:
-        return (f"cannot reach the hub at {ep} ({type(e).__name__}: {msg}); check the network, set HF_ENDPOINT "
-                f"to a reachable mirror, or run offline with --source=local")
+        return NetworkError(f"cannot reach the hub at {ep} ({type(e).__name__}: {msg}); check the network, set "
+                            f"HF_ENDPOINT to a reachable mirror, or run offline with --source=local")
     if status in (401, 403):
-        return f"{what}: {ep} refused access (HTTP {status}); log in with `hf auth login` or check repo_id"
+        return UserError(f"{what}: {ep} refused access (HTTP {status}); log in with `hf auth login` or check repo_id")
     if status == 404:
-        return f"{what} not found at {ep} (HTTP 404); check repo_id={repo_id!r} and revision={revision!r}"
-    return f"{what}: {ep} answered HTTP {status} ({msg}); retry later, or set HF_ENDPOINT to a mirror"
+        return UserError(f"{what} not found at {ep} (HTTP 404); check repo_id={repo_id!r} and revision={revision!r}")
+    return NetworkError(f"{what}: {ep} answered HTTP {status} ({msg}); retry later, or set HF_ENDPOINT to a mirror")
 
 
 def list_hub(api, ep):
@@ -110,11 +112,11 @@ def list_hub(api, ep):
     try:
         commit = api.dataset_info(repo_id, revision=revision).sha or revision
     except Exception as e:
-        raise Failed(hub_error(e, f"dataset {repo_id}@{revision}", ep))
+        raise hub_error(e, f"dataset {repo_id}@{revision}", ep)
     try:  # the hub pages this listing (1000 entries a page); huggingface_hub follows the Link headers
         entries = list(api.list_repo_tree(repo_id, path_in_repo='data', revision=commit, repo_type='dataset'))
     except Exception as e:
-        raise Failed(hub_error(e, f"data/ folder of {repo_id}@{commit}", ep))
+        raise hub_error(e, f"data/ folder of {repo_id}@{commit}", ep)
     listed, counts = {}, Counter()
     for entry in entries:
         m = _shard_re.fullmatch(entry.path)
@@ -125,7 +127,7 @@ def list_hub(api, ep):
         listed[entry.path] = (entry.size, sha)
         counts[int(m.group(2))] += 1
     if not listed:
-        raise Failed(f"{repo_id}@{commit} at {ep} has no data/train-XXXXX-of-YYYYY.parquet files; check repo_id")
+        raise UserError(f"{repo_id}@{commit} at {ep} has no data/train-XXXXX-of-YYYYY.parquet files; check repo_id")
     return commit, listed, counts.most_common(1)[0][0]
 
 
@@ -173,9 +175,9 @@ def download(name, size, commit, ep, part):
             break
         except Exception as e:
             if getattr(getattr(e, 'response', None), 'status_code', None) == 404:
-                raise Failed(f"{name} is missing on the hub ({repo_id}@{commit} at {ep}); choose other shards")
+                raise UserError(f"{name} is missing on the hub ({repo_id}@{commit} at {ep}); choose other shards")
             if attempt == 2 or getattr(getattr(e, 'response', None), 'status_code', None) is not None:
-                raise Failed(hub_error(e, f"{name} of {repo_id}@{commit}", ep))
+                raise hub_error(e, f"{name} of {repo_id}@{commit}", ep)
             time.sleep(1)
     have = os.path.getsize(part) if os.path.exists(part) else 0
     if have > size:  # not a prefix of this file: start over
@@ -186,20 +188,20 @@ def download(name, size, commit, ep, part):
         try:
             http_get(location, _CountingFile(f), resume_size=have, headers=build_hf_headers(), expected_size=size,
                      displayed_filename=name)
-        except (_Stopped, Failed):
+        except (_Stopped, UserError):
             raise
         except OSError as e:
             if e.errno == errno.ENOSPC:
-                raise Failed(f"disk full writing {part} ({f.tell()} of {size} bytes); free space and rerun, "
-                             f"the partial file is kept and resumes")
-            raise Failed(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes ({e}); "
-                         f"rerun to resume from {part}")
+                raise UserError(f"disk full writing {part} ({f.tell()} of {size} bytes); free space and rerun, "
+                                f"the partial file is kept and resumes")
+            raise NetworkError(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes ({e}); "
+                               f"rerun to resume from {part}")
         except Exception as e:
             status = getattr(getattr(e, 'response', None), 'status_code', None)
             if status is not None:
-                raise Failed(hub_error(e, f"{name} of {repo_id}@{commit}", ep))
-            raise Failed(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes "
-                         f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); rerun to resume from {part}")
+                raise hub_error(e, f"{name} of {repo_id}@{commit}", ep)
+            raise NetworkError(f"download of {name} from {ep} stopped at {f.tell()} of {size} bytes "
+                               f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); rerun to resume from {part}")
         f.flush()
         os.fsync(f.fileno())
 
@@ -226,8 +228,8 @@ def fetch(name, size, sha, commit, ep):
         bar_update(-size)
         if attempt == 0:
             print(f"{name}: sha256 {got[:12]}... does not match the hub's {sha[:12]}...; fetching it afresh")
-    raise Failed(f"{name} from {ep} still has sha256 {got} after a fresh download, but the hub's LFS oid is {sha}; "
-                 f"a proxy or mirror serves bad bytes: retry later or set HF_ENDPOINT")
+    raise UserError(f"{name} from {ep} still has sha256 {got} after a fresh download, but the hub's LFS oid is {sha}; "
+                    f"a proxy or mirror serves bad bytes: retry later or set HF_ENDPOINT")
 
 
 def fetch_or_stop(*args):
@@ -252,13 +254,13 @@ def download_from_hub():
 
     bad = [i for i in indices if not 0 <= i < count]
     if bad:
-        raise Failed(f"shard index {bad[0]} is out of range: {repo_id}@{commit[:12]} has {count} shards (0..{count - 1}); "
-                     f"lower shard_start/num_shards or fix shards")
+        raise UserError(f"shard index {bad[0]} is out of range: {repo_id}@{commit[:12]} has {count} shards (0..{count - 1}); "
+                        f"lower shard_start/num_shards or fix shards")
     names = [github_code.shard_name(i, count) for i in indices]
     missing = [n for n in names if n not in listed]
     if missing:
-        raise Failed(f"{missing[0]} is missing on the hub ({repo_id}@{commit[:12]} at {ep}"
-                     f"{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}); choose other shards")
+        raise UserError(f"{missing[0]} is missing on the hub ({repo_id}@{commit[:12]} at {ep}"
+                        f"{f', and {len(missing) - 1} more' if len(missing) > 1 else ''}); choose other shards")
 
     # files the last manifest vouches for (same content id, size and timestamps) are not hashed again
     old = {}
@@ -287,8 +289,8 @@ def download_from_hub():
     need = sum(listed[n][0] for n in todo) - sum(os.path.getsize(p) for p in partials if os.path.exists(p))
     free = shutil.disk_usage(out_dir).free
     if need > free:
-        raise Failed(f"not enough disk space in {out_dir}: {need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free; "
-                     f"free space, set --out_dir elsewhere, or fetch fewer shards")
+        raise UserError(f"not enough disk space in {out_dir}: {need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free; "
+                        f"free space, set --out_dir elsewhere, or fetch fewer shards")
     print(f"{len(names)} shards requested ({sum(listed[n][0] for n in names) / 1e9:.2f} GB), "
           f"{len(names) - len(todo)} already verified, {len(todo)} to check or download with {workers} workers")
 
@@ -308,7 +310,7 @@ def download_from_hub():
                     pass  # another worker failed first; its error is the one to report
         except KeyboardInterrupt:
             _stop.set()
-            raise Failed(f"interrupted; rerun the same command to resume (partial files are kept in {out_dir}/data)")
+            raise UserError(f"interrupted; rerun the same command to resume (partial files are kept in {out_dir}/data)")
         finally:
             _bar.close()
     seconds = time.time() - t0
@@ -337,7 +339,7 @@ def build_local():
         with open(_manifest_path) as f:
             old_source = json.load(f).get('source')
         if old_source == 'hub':
-            raise Failed(f"{out_dir} holds shards downloaded from the hub; build the local source into another --out_dir")
+            raise UserError(f"{out_dir} holds shards downloaded from the hub; build the local source into another --out_dir")
     fields, summary = local_source.build(out_dir, roots, local_exclude, local_shard_bytes, local_max_file_bytes)
     return dict(repo_id=repo_id, revision=None, commit_sha=None, **fields), summary
 
@@ -345,10 +347,7 @@ def build_local():
 # --- run, then write the manifest atomically: it appears only when every file in it is verified
 if __name__ == '__main__':
     lock = lock_dir(out_dir, 'download_github_code.py')  # two downloads into one folder would append to the same files
-    try:
-        manifest, summary = download_from_hub() if source == 'hub' else build_local()
-    except Failed as e:
-        die(str(e))
+    manifest, summary = download_from_hub() if source == 'hub' else build_local()
     write_json(_manifest_path, manifest)
     if source == 'local':
         local_source.remove_stale(out_dir, manifest['files'])  # after the manifest: a kill here leaves a usable folder

@@ -18,11 +18,11 @@ import time
 
 import torch
 
-import humaneval
-import shards
-from atomic import write_json
-from checkpoint import encoding_of, load_model
+from codegpt import humaneval, shards
+from codegpt.atomic import write_json
+from codegpt.checkpoint import encoding_of, find_and_load
 from configurator import configure, die, setup_device
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # checkpoint folder (or a .pt file)
@@ -45,7 +45,8 @@ if batch_size < 1 or max_tokens < 1:
 device_type, _, autocast = setup_device(device, dtype)
 
 # ----------------------------------------------------------------------------- model and data
-model, ck, ckpt_path = load_model(out_dir, ckpt, device)
+ck, ckpt_path = find_and_load(out_dir, ckpt, device)
+model = GPT.from_checkpoint(ck).to(device).eval()
 T = block_size or model.config.block_size
 if T > model.config.block_size:
     die(f"block_size={T} is longer than the model's {model.config.block_size}; pass --block_size=0")

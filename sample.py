@@ -13,9 +13,10 @@ from contextlib import nullcontext
 
 import torch
 
-from checkpoint import encoding_of, load_model
+from codegpt.checkpoint import encoding_of, find_and_load
+from codegpt.shards import EOT, get_encoding
 from configurator import configure, die, setup_device
-from shards import EOT, get_encoding
+from model import GPT
 
 # -----------------------------------------------------------------------------
 out_dir = 'out'  # the training run's out_dir (or a checkpoint .pt file)
@@ -50,7 +51,8 @@ if device_type == 'cpu':
     ptdtype, ctx = torch.float32, nullcontext()  # a CPU samples in float32
 
 # --- the model ---
-model, checkpoint, path = load_model(out_dir, ckpt, device)
+checkpoint, path = find_and_load(out_dir, ckpt, device)
+model = GPT.from_checkpoint(checkpoint).to(device).eval()
 print(f"loaded {path} (iter {checkpoint.get('iter_num')}, best val loss {checkpoint.get('best_val_loss', float('nan')):.4f}, "
       f"{model.num_params() / 1e6:.2f}M parameters)")
 if device_type == 'cuda' and ptdtype != torch.float32:

@@ -31,11 +31,11 @@ import time
 
 import numpy as np
 
-import humaneval
-from atomic import lock_dir, write_json
+from codegpt import humaneval
+from codegpt.atomic import lock_dir, write_json
 from configurator import configure, die
-from github_code import LICENSES, language_of, language_slug, parse_languages, schema_problems
-from shards import DTYPE, ENCODINGS, EOT, get_encoding, save_shard, train_name, val_name
+from codegpt.github_code import LICENSES, language_of, language_slug, parse_languages, schema_problems
+from codegpt.shards import DTYPE, ENCODINGS, EOT, get_encoding, save_shard, train_name, val_name
 
 # -----------------------------------------------------------------------------
 in_dir = 'data/github-code/parquet'  # parquet files and manifest.json from download_github_code.py

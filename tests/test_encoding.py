@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import shards
-from checkpoint import load_checkpoint, save_checkpoint
+from codegpt import shards
+from codegpt.checkpoint import load_checkpoint, save_checkpoint
 from conftest import after_config_line, code_rows, make_token_dir, run_script
 from model import GPT, GPTConfig
 

@@ -6,8 +6,8 @@ import os
 import pytest
 import torch
 
-import shards
-from checkpoint import save_checkpoint
+from codegpt import shards
+from codegpt.checkpoint import save_checkpoint
 from conftest import code_rows, run_script
 from model import GPT, GPTConfig
 
@@ -59,7 +59,7 @@ def test_exported_model_gives_our_logits_in_transformers(tmp_path, bias, tie_hea
     assert (ours[..., :50257] - theirs).abs().max().item() < 1e-4
     assert 'export:' in p.stdout
     # and back: the folder read as an init_from gives the same model, its head tied or not as exported
-    import pretrained
+    from codegpt import pretrained
     args, sd = pretrained.load(str(folder), 128, 50304, 'r50k_base')
     assert args['tie_head'] is tie_head
     back = GPT(GPTConfig(block_size=128, vocab_size=50304, **args))  # GPT-2's one c_attn, whatever ours had

@@ -11,8 +11,8 @@ import time
 import pytest
 import torch
 
-from conftest import run_script, tiny_checkpoint
-import sandbox
+from conftest import ROOT, run_script, tiny_checkpoint
+from codegpt import sandbox
 
 import eval_humaneval  # its work is behind a __main__ guard
 
@@ -309,7 +309,7 @@ def test_without_root_the_same_user_sandbox_runs_only_when_asked_for(tmp_path):
         [sys.executable, '-c', 'import os, runpy, sys; os.geteuid = lambda: 1000; sys.argv = sys.argv[1:]; '
                                'runpy.run_path("eval_humaneval.py", run_name="__main__")',
          'eval_humaneval.py', '--completions=canonical', '--limit=2', '--workers=1', *a],
-        cwd=os.path.dirname(sandbox.__file__), capture_output=True, text=True)
+        cwd=ROOT, capture_output=True, text=True)
     p = run(f'--eval_dir={tmp_path / "a"}')
     assert p.returncode == 2 and 'uid 1000: not root' in p.stderr and '--sandbox_uid=-1' in p.stderr
     assert not (tmp_path / 'a' / 'results.jsonl').exists()
@@ -355,7 +355,7 @@ def test_sampling_stops_as_each_protocol_says():
     """A scripted model: row 0 writes a body then '\\ndef', row 1 a body then <|endoftext|>. bigcode
     ends each row at its own stop, so generation ends at row 0's '\\ndef'; codeparrot runs the batch
     until every row holds a stop string, so here to max_new_tokens, and row 1, which never stopped, is empty."""
-    import shards
+    from codegpt import shards
     enc = shards.get_encoding('r50k_base')
     script = [enc.encode_ordinary('\n    return a + b\n\ndef more():\n' + ' pass' * 50),
               enc.encode_ordinary('\n    return a - b\n') + [enc.eot_token] * 60]

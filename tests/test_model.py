@@ -4,10 +4,12 @@ import math
 import pytest
 import torch
 
-from decode import capture_decode_step, new_cache, sample_next
-from gpu_peaks import peak_flops
-from model import GPT, GPTConfig, HeadLoss, Muon, clip_grad_norm
-from shards import EOT
+from codegpt.decode import capture_decode_step, new_cache, sample_next
+from codegpt.gpu import peak_flops
+from codegpt.kernels import HeadLoss
+from codegpt.optim import Muon, clip_grad_norm
+from model import GPT, GPTConfig
+from codegpt.shards import EOT
 from torch.nn import functional as F
 
 
@@ -403,8 +405,8 @@ def test_doc_mask_flex_block_mask_and_dense_mask_attend_alike():
     x = two_documents(100)
     q, k, v = torch.randn(3, 2, 2, 32, 16).unbind(0)  # each (B, nh, T, hs)
     with torch.no_grad():
-        flex = flex_attention(q, k, v, block_mask=document_mask(x, flex=True))
-        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(x, flex=False))
+        flex = flex_attention(q, k, v, block_mask=document_mask(x, EOT, flex=True))
+        dense = F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(x, EOT, flex=False))
     assert torch.allclose(flex, dense, atol=1e-5)
 
 

@@ -10,9 +10,10 @@ import threading
 import pytest
 import torch
 
+from model import GPT
 from conftest import code_rows, make_token_dir, one_line_error, run_script
 
-import shards
+from codegpt import shards
 
 transformers = pytest.importorskip('transformers')
 safetensors_torch = pytest.importorskip('safetensors.torch')
@@ -117,8 +118,8 @@ def real_code(n):
 
 
 def our_logits(ckpt_path, x):
-    from checkpoint import load_model
-    model, _, _ = load_model(str(ckpt_path), device='cpu')
+    from codegpt.checkpoint import find_and_load
+    model = GPT.from_checkpoint(find_and_load(str(ckpt_path))[0]).eval()
     with torch.no_grad():
         return model(x, targets=x, return_logits=True)[0]  # (1, t, vocab_size)
 

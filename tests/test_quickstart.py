@@ -27,8 +27,8 @@ DEV_INSTALL = 'pip install -r requirements-dev.txt'  # what the tests add; .ci/r
 TEST_COMMAND = 'python -m pytest -q -n auto --dist loadfile tests'
 # scripts whose config block CONFIG.md lists, in its order
 CONFIG_SCRIPTS = ['download_github_code.py', 'tokenize_github_code.py', 'train.py', 'sample.py',
-                  'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'bench.py', 'bench_tokenize.py',
-                  'bench_generate.py', 'bench_recipe.py']
+                  'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'bench/train_speed.py', 'bench/tokenize_speed.py',
+                  'bench/generate_speed.py', 'bench/recipe.py', 'bench/compare_runs.py']
 # repositories json, email and email/mime, logging: at the quickstart's val_fraction (0.15) the
 # repository hash holds out 'email' (the email package's top-level modules), so Python gets a val set
 LOCAL_PATHS = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))
@@ -173,7 +173,27 @@ def test_readme_file_map_names_every_top_level_script_and_only_real_files():
     named = set(re.findall(r'`([\w/]+\.py)`', section))
     present = {f for f in os.listdir(ROOT) if f.endswith('.py')}
     assert present <= named, f"the README's file map lacks {sorted(present - named)}"
-    missing = [f for f in named if not os.path.isfile(os.path.join(ROOT, f))]
+    library = {f for f in os.listdir(os.path.join(ROOT, 'codegpt')) if f.endswith('.py') and f != '__init__.py'}
+    assert library <= named, f"the README's file map lacks the library's {sorted(library - named)}"
+    missing = [f for f in named if not any(os.path.isfile(os.path.join(ROOT, d, f)) for d in ('', 'codegpt'))]
     assert not missing, f"the README's file map names missing files {missing}"
     for script in CONFIG_SCRIPTS:  # and every script with a config table exists
         assert os.path.isfile(os.path.join(ROOT, script)), script
+
+
+def test_the_library_imports_nothing_above_it():
+    # the scripts import codegpt and model.py; codegpt imports neither a script nor model.py nor
+    # configurator (it raises, the scripts print), and model.py imports no script
+    top = {f[:-3] for f in os.listdir(ROOT) if f.endswith('.py')}
+
+    def imported(path):
+        tree = ast.parse(open(path, encoding='utf-8').read())
+        names = {a.name.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+        return names | {n.module.split('.')[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and not n.level}
+
+    lib = os.path.join(ROOT, 'codegpt')
+    for name in sorted(os.listdir(lib)):
+        if name.endswith('.py'):
+            up = imported(os.path.join(lib, name)) & top
+            assert not up, f"codegpt/{name} imports {sorted(up)} from above it"
+    assert not imported(os.path.join(ROOT, 'model.py')) & (top - {'model'}), "model.py imports a script"

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from checkpoint import load_checkpoint
+from codegpt.checkpoint import load_checkpoint
 from conftest import ROOT, one_line_error, run_script
 
 FAST = os.path.join(ROOT, 'config', 'train_github_code_124m_fast.py')
@@ -150,7 +150,7 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     work = tmp_path / 'br'
     # 6 s: a loaded 2-core machine takes ~1.5 s a step, and a step that crosses both half the budget and its end
     # gives one eval, not two
-    p = run_script('bench_recipe.py', '--budget=6', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
+    p = run_script('bench/recipe.py', '--budget=6', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
                    '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=True']",
                    '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
                    env=ENV)
@@ -165,12 +165,12 @@ def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_report
     assert 'speedup' in p.stdout.splitlines()[-1] and (work / 'recipe.png').stat().st_size > 1000
     assert load_checkpoint(work / 'runs' / 'fastzero_init_proj=True' / 'ckpt.pt')['config']['zero_init_proj']
     # ablations of the reference only: the fast slot is left out
-    p = run_script('bench_recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
+    p = run_script('bench/recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
                    "--fast=", '--val_fraction=0.15', "--ablate=['p50k_base']", '--extra=--compile=False --device=cpu '
                    '--dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32', env=ENV)
     assert 'run 1/2 reference' in p.stdout and 'run 2/2 ref + p50k_base' in p.stdout
     assert '1 ablation run(s)' in p.stdout.splitlines()[-1]
     for bad, needle in ((["--fast=", "--ablate=['fast --zero_init_proj=False']"], "pass --fast="),
                         (["--ablate=['cl100k_base']"], "'cl100k_base' is not")):
-        p = run_script('bench_recipe.py', f'--work_dir={tmp_path / "never"}', *bad, check=False)
+        p = run_script('bench/recipe.py', f'--work_dir={tmp_path / "never"}', *bad, check=False)
         assert p.returncode != 0 and needle in p.stdout + p.stderr and not (tmp_path / 'never').exists()

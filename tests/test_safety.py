@@ -61,7 +61,7 @@ def test_tokenize_and_download_refuse_a_folder_another_run_holds(tmp_path):
     write_parquet(str(parquet / 'part-0.parquet'), code_rows(per_language=3))
     for folder in (parquet, tokens):
         holder = subprocess.Popen([sys.executable, '-c', f"import sys, time; sys.path.insert(0, {ROOT!r}); "
-                                   f"from atomic import lock_dir; f = lock_dir({str(folder)!r}, 'test'); "
+                                   f"from codegpt.atomic import lock_dir; f = lock_dir({str(folder)!r}, 'test'); "
                                    f"print('held', flush=True); time.sleep(60)"],
                                   stdout=subprocess.PIPE, text=True)
         assert holder.stdout.readline().strip() == 'held'

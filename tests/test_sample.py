@@ -6,11 +6,11 @@ import sys
 import pytest
 import torch
 
-import decode
-from checkpoint import load_model
+from codegpt import decode
+from codegpt.checkpoint import find_and_load
 from conftest import ROOT, after_config_line, run_script, tiny_checkpoint
 from model import GPT
-from shards import EOT, get_encoding
+from codegpt.shards import EOT, get_encoding
 
 SEP = '\n---------------\n'
 ARGS = dict(block_size=64, vocab_size=50304, n_layer=2, n_head=2, n_embd=32)
@@ -46,7 +46,7 @@ def parse(stdout):
 def expected_greedy(path, prompt, n):
     """What greedy sampling must print: model.generate without the cache, cut at <|endoftext|>."""
     enc = get_encoding('r50k_base')
-    model, _, _ = load_model(str(path), 'best', 'cpu')
+    model = GPT.from_checkpoint(find_and_load(str(path), 'best', 'cpu')[0]).eval()
     ids = [EOT] + enc.encode(prompt)
     y = model.generate(torch.tensor([ids]), n, temperature=0, use_cache=False)[0, len(ids):].tolist()
     y = y[:y.index(EOT)] if EOT in y else y

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, code_rows, one_line_error, run_script, write_parquet
-from github_code import language_of, language_slug
+from codegpt.github_code import language_of, language_slug
 
 SCRIPT = 'tokenize_github_code.py'
 EOT = 50256
@@ -103,7 +103,7 @@ def tokenize(corpus, out_dir, *args, **kw):
 KILLED_AFTER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-import shards
+from codegpt import shards
 real, written = shards.save_shard, [0]
 def save_then_die(path, tokens):
     real(path, tokens)

@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT, TINY_VAL_LANGUAGE, VAL_LANGUAGES, code_rows, make_token_dir, one_line_error, run_script
 
-import shards
+from codegpt import shards
 
 # a model small enough for a 2-core CPU: the 50304-row embedding is most of it
 TINY = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--batch_size=4',

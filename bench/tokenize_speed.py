@@ -33,7 +33,7 @@ roots = [sysconfig.get_paths()['stdlib'], '/usr/include', sysconfig.get_paths()[
 repeats = 2  # timing rounds; the best of each is kept (other processes share the machine)
 pin = True  # run each measurement on its own physical cores (one hyperthread each) when the machine has enough
 # -----------------------------------------------------------------------------
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root
 sys.path.insert(0, ROOT)
 from configurator import configure  # noqa: E402
 config = configure(globals())
@@ -41,8 +41,8 @@ config = configure(globals())
 
 def make_corpus():
     """Documents the stage keeps (known language, <= 1 MB, >= 10 chars, no line > 1000), as parquet rows."""
-    from github_code import language_of, write_parquet
-    from local_source import walk_files
+    from codegpt.github_code import language_of, write_parquet
+    from codegpt.local_source import walk_files
     rows, total, seen = [], 0, set()
     for root in roots:
         for _, repo_name, _, path in walk_files(root):
@@ -70,7 +70,7 @@ def make_corpus():
 RAW = """
 import sys, time, pyarrow.parquet as pq
 sys.path.insert(0, sys.argv[1])
-from shards import get_encoding
+from codegpt.shards import get_encoding
 enc = get_encoding('r50k_base')  # the stage's default
 docs = [d for f in sys.argv[2:] for d in pq.read_table(f, columns=['content']).column('content').to_pylist()]
 t0, c0 = time.time(), time.process_time()

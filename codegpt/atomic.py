@@ -7,7 +7,7 @@ import contextlib
 import json
 import os
 
-from configurator import die
+from codegpt.errors import UserError
 
 
 @contextlib.contextmanager
@@ -50,7 +50,7 @@ def lock_dir(path, what):
     except BlockingIOError:
         f.seek(0)
         holder = f.read().strip() or 'unknown'
-        die(f"{path} is in use by another {what} run (pid {holder}); wait for it to finish, or pass another out_dir")
+        raise UserError(f"{path} is in use by another {what} run (pid {holder}); wait for it to finish, or pass another out_dir")
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")

@@ -24,8 +24,8 @@ import os
 
 import numpy as np
 
-from atomic import atomic_path
-from configurator import die
+from codegpt.atomic import atomic_path
+from codegpt.errors import NetworkError, UserError
 
 ENCODINGS = ('r50k_base', 'p50k_base')  # tiktoken's names: GPT-2's BPE, and Codex's with runs of spaces
 DEFAULT_ENCODING = 'r50k_base'  # the reference run's, and that of every file made before the key existed
@@ -35,9 +35,16 @@ DTYPE = np.uint16
 
 def get_encoding(name):
     if name not in ENCODINGS:
-        die(f"encoding '{name}' is not one of {', '.join(ENCODINGS)}")
+        raise UserError(f"encoding '{name}' is not one of {', '.join(ENCODINGS)}")
     import tiktoken  # imported late: train.py's workers never need it
-    return tiktoken.get_encoding(name)
+    try:
+        return tiktoken.get_encoding(name)
+    except OSError as e:  # tiktoken fetches its BPE file on first use; offline that is a requests error
+        if type(e).__module__.split('.')[0] not in ('requests', 'urllib3'):
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
+        raise NetworkError(f"tiktoken cannot download the {name} BPE file ({type(e).__name__}: {first}); connect once "
+                           f"(it is cached after), or set TIKTOKEN_CACHE_DIR to a folder that holds the file") from e
 
 
 def token_byte_lengths(enc):
@@ -66,16 +73,16 @@ def save_shard(path, tokens):
 def load_manifest(data_dir):
     path = os.path.join(data_dir, 'manifest.json')
     if not os.path.isdir(data_dir):
-        die(f"data_dir '{data_dir}' does not exist; make it with tokenize_github_code.py "
-            f"(--out_dir={data_dir}) or pass --data_dir=<a token directory>")
+        raise UserError(f"data_dir '{data_dir}' does not exist; make it with tokenize_github_code.py "
+                        f"(--out_dir={data_dir}) or pass --data_dir=<a token directory>")
     if not os.path.isfile(path):
-        die(f"{path} is missing; '{data_dir}' is not a finished token directory "
-            f"(rerun tokenize_github_code.py --out_dir={data_dir})")
+        raise UserError(f"{path} is missing; '{data_dir}' is not a finished token directory "
+                        f"(rerun tokenize_github_code.py --out_dir={data_dir})")
     with open(path) as f:
         m = json.load(f)
     for key in ('encoding', 'eot', 'train', 'val'):
         if key not in m:
-            die(f"{path} has no '{key}' entry; remake it with tokenize_github_code.py")
+            raise UserError(f"{path} has no '{key}' entry; remake it with tokenize_github_code.py")
     return m
 
 
@@ -90,17 +97,17 @@ def open_shards(data_dir):
     def mmap(entry):
         p = os.path.join(data_dir, entry['file'])
         if not os.path.isfile(p):
-            die(f"{p} is listed in manifest.json but missing; {fix}")
+            raise UserError(f"{p} is listed in manifest.json but missing; {fix}")
         try:
             # a plain ndarray view of the memory map: slicing a np.memmap builds a memmap object
             # per slice, which made get_batch ~2.5x slower on the host
             a = np.load(p, mmap_mode='r').view(np.ndarray)
         except (ValueError, OSError, EOFError) as e:
-            die(f"{p} is not a readable .npy shard ({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}")
+            raise UserError(f"{p} is not a readable .npy shard ({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}")
         if a.dtype != DTYPE or a.ndim != 1:
-            die(f"{p} holds a {a.dtype} array of shape {a.shape}, not 1-D {np.dtype(DTYPE).name} tokens; {fix}")
+            raise UserError(f"{p} holds a {a.dtype} array of shape {a.shape}, not 1-D {np.dtype(DTYPE).name} tokens; {fix}")
         if len(a) != entry['tokens']:
-            die(f"{p} has {len(a):,} tokens but manifest.json says {entry['tokens']:,}; {fix}")
+            raise UserError(f"{p} has {len(a):,} tokens but manifest.json says {entry['tokens']:,}; {fix}")
         return a
     train = [mmap(e) for e in m['train']]
     val = {e['language']: mmap(e) for e in m['val']}
@@ -108,7 +115,7 @@ def open_shards(data_dir):
     for e in m['val']:
         top = int(val[e['language']].max(initial=0))
         if top >= n_vocab:
-            die(f"{os.path.join(data_dir, e['file'])} holds token id {top}, beyond {m['encoding']}'s {n_vocab}; {fix}")
+            raise UserError(f"{os.path.join(data_dir, e['file'])} holds token id {top}, beyond {m['encoding']}'s {n_vocab}; {fix}")
     return m, train, val
 
 
@@ -185,9 +192,9 @@ def get_batch(shards, cum_starts, seed, step, rows, step_rows, block_size, out=N
         out[b] = shards[which[b]][local[b]:local[b] + block_size + 1]
     if n_vocab is not None and out.max(initial=0) >= n_vocab:  # ~10 us a micro-batch
         b = int(np.argmax(out.max(axis=1) >= n_vocab))
-        die(f"train shard {which[b]} ({train_name(which[b])}) holds token id {int(out[b].max())} at position "
-            f"{local[b]}, beyond the vocabulary's {n_vocab}: the file is damaged; remake the token folder "
-            f"with tokenize_github_code.py")
+        raise UserError(f"train shard {which[b]} ({train_name(which[b])}) holds token id {int(out[b].max())} at position "
+                        f"{local[b]}, beyond the vocabulary's {n_vocab}: the file is damaged; remake the token folder "
+                        f"with tokenize_github_code.py")
     return out
 
 

@@ -15,10 +15,9 @@ import shutil
 
 import torch
 
-from atomic import atomic_path
-from configurator import die
-from model import GPT, GPTConfig
-from shards import DEFAULT_ENCODING
+from codegpt.atomic import atomic_path
+from codegpt.errors import UserError
+from codegpt.shards import DEFAULT_ENCODING
 
 LATEST, BEST = 'ckpt.pt', 'ckpt_best.pt'
 
@@ -40,14 +39,14 @@ def checkpoint_path(out_dir, which='best'):
     if os.path.isfile(out_dir):
         return out_dir
     if which not in ('best', 'latest'):
-        die(f"ckpt='{which}' is not 'best' or 'latest'")
+        raise UserError(f"ckpt='{which}' is not 'best' or 'latest'")
     best, latest = os.path.join(out_dir, BEST), os.path.join(out_dir, LATEST)
     if which == 'best' and os.path.isfile(best):
         return best
     if os.path.isfile(latest):
         return latest
-    die(f"no checkpoint in '{out_dir}' ({BEST} or {LATEST}); train one with "
-        f"python train.py <config> --out_dir={out_dir}")
+    raise UserError(f"no checkpoint in '{out_dir}' ({BEST} or {LATEST}); train one with "
+                    f"python train.py <config> --out_dir={out_dir}")
 
 
 def load_checkpoint(path, device='cpu'):
@@ -57,18 +56,18 @@ def load_checkpoint(path, device='cpu'):
     except pickle.UnpicklingError as e:
         # torch's own text here suggests weights_only=False: unsafe advice for an unknown file
         if 'Unsupported global' not in str(e):
-            die(f"cannot read checkpoint {path} (not a pickle that torch can read); it is damaged or not a "
-                f"torch file: pass another checkpoint or retrain")
-        die(f"cannot read checkpoint {path}: it holds Python objects beyond tensors and plain data, so it is "
-            f"not a checkpoint of train.py (which are loaded with weights_only=True); pass a train.py checkpoint")
+            raise UserError(f"cannot read checkpoint {path} (not a pickle that torch can read); it is damaged or not a "
+                            f"torch file: pass another checkpoint or retrain")
+        raise UserError(f"cannot read checkpoint {path}: it holds Python objects beyond tensors and plain data, so it is "
+                        f"not a checkpoint of train.py (which are loaded with weights_only=True); pass a train.py checkpoint")
     except Exception as e:  # a truncated or random file: say which, not a pickle traceback
         first = (str(e).strip().splitlines() or [''])[0][:150]
-        die(f"cannot read checkpoint {path} ({type(e).__name__}: {first}); it is damaged or not a torch file: "
-            f"pass another checkpoint or retrain")
+        raise UserError(f"cannot read checkpoint {path} ({type(e).__name__}: {first}); it is damaged or not a torch file: "
+                        f"pass another checkpoint or retrain")
     missing = [k for k in ('model', 'model_args') if not isinstance(ckpt, dict) or k not in ckpt]
     if missing:
-        die(f"{path} is a torch file but not a checkpoint of train.py (no {', '.join(map(repr, missing))}); "
-            f"pass a train.py checkpoint (out_dir/ckpt.pt or ckpt_best.pt)")
+        raise UserError(f"{path} is a torch file but not a checkpoint of train.py (no {', '.join(map(repr, missing))}); "
+                        f"pass a train.py checkpoint (out_dir/ckpt.pt or ckpt_best.pt)")
     return ckpt
 
 
@@ -77,10 +76,8 @@ def encoding_of(ckpt):
     return ckpt.get('encoding', DEFAULT_ENCODING)
 
 
-def load_model(out_dir, which='best', device='cpu'):
-    """(model in eval mode, checkpoint dict, path) from an out_dir or a checkpoint file."""
+def find_and_load(out_dir, which='best', device='cpu'):
+    """(checkpoint dict, path) from an out_dir (its best or latest file) or a checkpoint file;
+    model.GPT.from_checkpoint(ckpt) makes the model."""
     path = checkpoint_path(out_dir, which)
-    ckpt = load_checkpoint(path, device)
-    model = GPT(GPTConfig(**ckpt['model_args']))
-    model.load_state_dict(ckpt['model'])
-    return model.to(device).eval(), ckpt, path
+    return load_checkpoint(path, device), path

@@ -17,12 +17,15 @@ compute (larger batches, long prompts, CPUs).
     python bench_generate.py --device=cpu --n_layer=2 --n_head=4 --n_embd=128 --batch_sizes=1,4 --prompt_len=128
 prints one line per batch size and a summary line.
 """
+import os
+import sys
 import time
 
 import torch
 
-from configurator import configure, die, setup_device
-from model import GPT, GPTConfig
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import configure, die, setup_device  # noqa: E402
+from model import GPT, GPTConfig  # noqa: E402
 
 # -----------------------------------------------------------------------------
 device = 'cuda' if torch.cuda.is_available() else 'cpu'  # 'cuda', 'cuda:1', 'cpu'

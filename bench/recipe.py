@@ -24,7 +24,8 @@ import sys
 import sysconfig
 import time
 
-from configurator import configure, die
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import configure, die  # noqa: E402
 
 # -----------------------------------------------------------------------------
 budget = 150.0  # training seconds per run
@@ -42,7 +43,7 @@ png = 'recipe.png'  # the curves, in work_dir
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root: scripts and configs
 t_start = time.time()
 if budget <= 0 or evals < 1:
     die(f"budget={budget} and evals={evals} must be positive")
@@ -129,7 +130,7 @@ for k in range(max(len(c) for c in curves.values())):
 import matplotlib  # noqa: E402 (only needed here, after the runs)
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
-from atomic import atomic_path  # noqa: E402
+from codegpt.atomic import atomic_path  # noqa: E402
 fig, ax = plt.subplots(figsize=(8, 5))
 for n, c in curves.items():
     ax.plot([p[0] for p in c[1:]], [p[1] for p in c[1:]], 'o-', label=n)  # step 0 (untrained) left out

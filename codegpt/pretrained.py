@@ -27,8 +27,8 @@ import os
 
 import torch
 
-from configurator import die
-from shards import get_encoding
+from codegpt.errors import NetworkError, UserError
+from codegpt.shards import get_encoding
 
 HUB = {name: f'openai-community/{name}' for name in ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')}
 FILES = ('config.json', 'model.safetensors')
@@ -50,15 +50,15 @@ def fetch(name):
         except LocalEntryNotFoundError as e:  # the hub did not answer (an EntryNotFoundError too, so first)
             cause = e.__cause__ or e.__context__ or e
             first = (str(cause).strip().splitlines() or [type(cause).__name__])[0][:120]
-            die(f"cannot reach {constants.ENDPOINT} for {repo}/{filename} ({first}), and it is not in the cache; "
-                f"check the network or HF_ENDPOINT, {local}")
+            raise NetworkError(f"cannot reach {constants.ENDPOINT} for {repo}/{filename} ({first}), and it is not in the cache; "
+                               f"check the network or HF_ENDPOINT, {local}")
         except EntryNotFoundError:
-            die(f"{repo} on {constants.ENDPOINT} has no {filename}; {local}")
+            raise UserError(f"{repo} on {constants.ENDPOINT} has no {filename}; {local}")
         except RepositoryNotFoundError:
-            die(f"{repo} is not on {constants.ENDPOINT} (or needs a token); check HF_ENDPOINT, {local}")
+            raise UserError(f"{repo} is not on {constants.ENDPOINT} (or needs a token); check HF_ENDPOINT, {local}")
         except (HfHubHTTPError, OSError) as e:
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:120]
-            die(f"cannot fetch {repo}/{filename} from {constants.ENDPOINT} ({first}); {local}")
+            raise NetworkError(f"cannot fetch {repo}/{filename} from {constants.ENDPOINT} ({first}); {local}")
         verify(path)
     return os.path.dirname(path)
 
@@ -75,8 +75,8 @@ def verify(path):
         while chunk := f.read(8 << 20):
             h.update(chunk)
     if h.hexdigest() != want:
-        die(f"{path} does not match the hub's hash {want[:12]}...: the download is damaged; "
-            f"delete {blob} and run again")
+        raise UserError(f"{path} does not match the hub's hash {want[:12]}...: the download is damaged; "
+                        f"delete {blob} and run again")
 
 
 def read_folder(folder):
@@ -85,28 +85,28 @@ def read_folder(folder):
     from safetensors.torch import load_file
     for filename in FILES:
         if not os.path.isfile(os.path.join(folder, filename)):
-            die(f"{folder} has no {filename}: a GPT-2 folder needs config.json and model.safetensors "
-                f"(save_pretrained(folder) writes both)")
+            raise UserError(f"{folder} has no {filename}: a GPT-2 folder needs config.json and model.safetensors "
+                            f"(save_pretrained(folder) writes both)")
     path = os.path.join(folder, 'config.json')
     try:
         with open(path) as f:
             cfg = json.load(f)
     except (ValueError, UnicodeDecodeError) as e:
-        die(f"{path} is not JSON ({e}); pass a GPT-2 folder")
+        raise UserError(f"{path} is not JSON ({e}); pass a GPT-2 folder")
     if not isinstance(cfg, dict) or cfg.get('model_type') != 'gpt2':
         kind = cfg.get('model_type') if isinstance(cfg, dict) else None
-        die(f"{path} describes a {kind!r} model, not GPT-2 (model_type 'gpt2'); pass a GPT2LMHeadModel folder")
+        raise UserError(f"{path} describes a {kind!r} model, not GPT-2 (model_type 'gpt2'); pass a GPT2LMHeadModel folder")
     unsupported = [f"{k}={cfg[k]!r}" for k, ok in [
         ('activation_function', lambda v: v in ('gelu', 'gelu_new', 'gelu_pytorch_tanh')),
         ('n_inner', lambda v: v in (None, 4 * cfg.get('n_embd', 768))),
         ('layer_norm_epsilon', lambda v: v == 1e-5),
         ('scale_attn_by_inverse_layer_idx', lambda v: not v), ('scale_attn_weights', bool)] if k in cfg and not ok(cfg[k])]
     if unsupported:
-        die(f"{path} sets {', '.join(unsupported)}, which model.py's GPT does not have; pass a plain GPT-2 folder")
+        raise UserError(f"{path} sets {', '.join(unsupported)}, which model.py's GPT does not have; pass a plain GPT-2 folder")
     try:
         sd = load_file(os.path.join(folder, 'model.safetensors'))
     except (SafetensorError, OSError) as e:
-        die(f"cannot read {os.path.join(folder, 'model.safetensors')} ({e}); it is damaged: fetch it again")
+        raise UserError(f"cannot read {os.path.join(folder, 'model.safetensors')} ({e}); it is damaged: fetch it again")
     return cfg, sd
 
 
@@ -118,13 +118,13 @@ def load(init_from, block_size, vocab_size, encoding):
     elif os.path.isdir(init_from):
         folder = init_from
     else:
-        die(f"init_from='{init_from}' is not 'scratch', 'resume', one of {', '.join(HUB)} or a folder")
+        raise UserError(f"init_from='{init_from}' is not 'scratch', 'resume', one of {', '.join(HUB)} or a folder")
     cfg, sd = read_folder(folder)
     sd = {k.removeprefix('transformer.'): v.float() for k, v in sd.items()
           if not k.endswith(('.attn.bias', '.attn.masked_bias'))}  # the causal masks, not weights
     n_layer, n_embd, n_pos = cfg.get('n_layer', 12), cfg.get('n_embd', 768), cfg.get('n_positions', 1024)
     if block_size > n_pos:
-        die(f"block_size {block_size} is longer than {init_from}'s {n_pos} positions; pass --block_size={n_pos} or less")
+        raise UserError(f"block_size {block_size} is longer than {init_from}'s {n_pos} positions; pass --block_size={n_pos} or less")
     try:
         ours = {'transformer.wte.weight': embeddings(sd['wte.weight'], vocab_size, encoding, init_from),
                 'transformer.wpe.weight': sd['wpe.weight'][:block_size]}
@@ -137,10 +137,10 @@ def load(init_from, block_size, vocab_size, encoding):
                 ours[f'transformer.h.{i}.{name}.weight'] = sd[f'h.{i}.{name}.weight']
         ours['transformer.ln_f.weight'], ours['transformer.ln_f.bias'] = sd['ln_f.weight'], sd['ln_f.bias']
     except KeyError as e:
-        die(f"{folder}/model.safetensors has no {e.args[0]} for its {n_layer} layers: not a GPT-2 state dict")
+        raise UserError(f"{folder}/model.safetensors has no {e.args[0]} for its {n_layer} layers: not a GPT-2 state dict")
     tied = cfg.get('tie_word_embeddings', True)  # OpenAI's are; an export of an untied model is not
     if not tied and 'lm_head.weight' not in sd:
-        die(f"{folder}/config.json unties the head but model.safetensors has no lm_head.weight: not a GPT-2 state dict")
+        raise UserError(f"{folder}/config.json unties the head but model.safetensors has no lm_head.weight: not a GPT-2 state dict")
     ours['lm_head.weight'] = ours['transformer.wte.weight'] if tied else \
         embeddings(sd['lm_head.weight'], vocab_size, encoding, init_from)  # (vocab_size, C), rows as for wte
     tanh = cfg.get('activation_function', 'gelu_new') != 'gelu'
@@ -154,13 +154,13 @@ def embeddings(wte, vocab_size, encoding, init_from):
     enc = get_encoding(encoding)
     rows, C = wte.shape
     if vocab_size < max(rows, enc.n_vocab):
-        die(f"vocab_size {vocab_size} is smaller than {init_from}'s {rows} rows or {encoding}'s {enc.n_vocab} ids; "
-            f"pass --vocab_size={-(-max(rows, enc.n_vocab) // 64) * 64}")
+        raise UserError(f"vocab_size {vocab_size} is smaller than {init_from}'s {rows} rows or {encoding}'s {enc.n_vocab} ids; "
+                        f"pass --vocab_size={-(-max(rows, enc.n_vocab) // 64) * 64}")
     out = wte.mean(0).repeat(vocab_size, 1)  # (vocab_size, C): padding rows at the mean row
     out[:rows] = wte
     if enc.n_vocab > rows:
         if rows != get_encoding('r50k_base').n_vocab:
-            die(f"{init_from} has {rows} token rows, not GPT-2's 50257, so {encoding}'s ids beyond it cannot be spelled")
+            raise UserError(f"{init_from} has {rows} token rows, not GPT-2's 50257, so {encoding}'s ids beyond it cannot be spelled")
         r50k = get_encoding('r50k_base')
         for i in range(rows, enc.n_vocab):
             out[i] = wte[r50k.encode_ordinary(enc.decode([i]))].mean(0)

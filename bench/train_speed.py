@@ -25,7 +25,8 @@ import sys
 import tempfile
 import time
 
-from configurator import configure, die
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repository root
+from configurator import configure, die  # noqa: E402
 
 # -----------------------------------------------------------------------------
 data_dir = 'data/bench/tokens'  # token shards for train.py; made from the local stdlib when missing
@@ -39,7 +40,7 @@ memory_gb = 0.0  # > 0: cap every run's GPU memory at this many GiB (torch's per
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
-here = os.path.dirname(os.path.abspath(__file__))
+here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # the repository root: scripts and configs
 
 
 def run(cmd):

@@ -14,7 +14,8 @@ import re
 import time
 from collections import Counter
 
-import github_code
+from codegpt import github_code
+from codegpt.errors import UserError
 
 # (dataset license id, regex over the lowercased, whitespace-normalized text); first match wins
 LICENSE_SIGNS = [
@@ -35,10 +36,6 @@ LICENSE_SIGNS = [
     ('bsd-2-clause', r'redistribution and use in source and binary forms'),
 ]
 assert {k for k, _ in LICENSE_SIGNS} == set(github_code.LICENSES)
-
-
-class Failed(Exception):
-    """One line for the user: what went wrong, with which file or value, and what to do."""
 
 
 def license_of_text(text):
@@ -120,7 +117,7 @@ def build(out_dir, roots, exclude, shard_bytes, max_file_bytes):
     t0 = time.time()
     for root in roots:
         if not os.path.isdir(root):
-            raise Failed(f"local_paths entry {root!r} is not a folder; pass existing folders, e.g. --local_paths=/src/a,/src/b")
+            raise UserError(f"local_paths entry {root!r} is not a folder; pass existing folders, e.g. --local_paths=/src/a,/src/b")
     data_dir = os.path.join(out_dir, 'data')
     os.makedirs(data_dir, exist_ok=True)
     for junk in glob.glob(os.path.join(data_dir, '.local-*.parquet.tmp*')):  # a killed build's (the caller holds the lock)
@@ -158,8 +155,8 @@ def build(out_dir, roots, exclude, shard_bytes, max_file_bytes):
         if rows:
             flush()
         if not tmp_paths:
-            raise Failed(f"no source files of the dataset's 30 languages under local_paths={roots}; "
-                         f"point --local_paths at folders with code")
+            raise UserError(f"no source files of the dataset's 30 languages under local_paths={roots}; "
+                            f"point --local_paths at folders with code")
         files = []
         for k, tmp in enumerate(tmp_paths):
             name = github_code.shard_name(k, len(tmp_paths))

@@ -1,4 +1,4 @@
-"""The bf16 dense peak of common GPUs, for MFU in train.py's log and the benchmarks."""
+"""The GPU's facts for train.py's log and the benchmarks: the bf16 dense peak of common cards (for MFU), and the energy counter."""
 import torch
 
 # bf16 dense tensor-core peak (TFLOP/s) of common cards, by a substring of torch's device name;
@@ -22,3 +22,17 @@ def peak_flops(device_type, override_tflops=None):
         if key in name:
             return tflops * 1e12
     return None
+
+
+def energy_joules(device_type):
+    """Energy this GPU has used since the driver loaded, from NVML; None where unavailable."""
+    if device_type != 'cuda':
+        return None
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        # NVML counts devices in PCI order; assumes CUDA_VISIBLE_DEVICES does not reorder them
+        h = pynvml.nvmlDeviceGetHandleByIndex(torch.cuda.current_device())
+        return pynvml.nvmlDeviceGetTotalEnergyConsumption(h) / 1000.0  # mJ -> J
+    except Exception:
+        return None
