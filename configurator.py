@@ -320,7 +320,7 @@ def configure(g, argv=None):
     check_ranges(g, known, os.path.basename(g.get('__file__', '')))
     changed = [f"{k}={g[k]!r}" for k in known if g[k] != defaults[k]]
     # DDP: rank 0 speaks for all; a spawned worker re-runs the script's top, silently
-    if (files or changed) and os.environ.get('RANK', '0') == '0' and multiprocessing.parent_process() is None:
+    if (files or changed) and os.environ.get('RANK', '0') == '0' and multiprocessing.current_process().name == 'MainProcess':
         print(f"config: {', '.join(files + changed)}", flush=True)
     return {k: g[k] for k in known}
 

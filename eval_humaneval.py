@@ -127,7 +127,7 @@ def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, tempera
         idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
         with ctx:
             y = model.generate(idx, max_new, temperature=temperature, top_p=top_p, stop_tokens=(eot,),
-                               stop_fn=stop_fn, compile_step=compile, n_vocab=enc.n_vocab)  # (b, t + new)
+                               stop_fn=stop_fn, compile_step=compile, n_vocab=text_vocab(enc))  # (b, t + new)
         for row in y.tolist():
             text = text_of(row[len(prompt_ids):])
             if protocol == 'bigcode':

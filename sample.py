@@ -14,7 +14,7 @@ from contextlib import nullcontext
 import torch
 
 from codegpt.checkpoint import encoding_of, find_and_load
-from codegpt.shards import EOT, get_encoding
+from codegpt.shards import EOT, get_encoding, text_vocab
 from configurator import configure, die, setup_device
 from model import GPT
 
@@ -96,7 +96,7 @@ t0 = time.time()
 with torch.no_grad(), ctx:
     y = model.generate(x, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                        stop_tokens=(EOT,), stop_fn=reached_stop if stop else None, use_cache=True,
-                       compile_step=compile, n_vocab=enc.n_vocab)
+                       compile_step=compile, n_vocab=text_vocab(enc))
 dt = time.time() - t0
 
 n_tokens = num_samples * (y.size(1) - len(ids))  # generated, whether shown or cut

@@ -7,15 +7,12 @@ Checkpoint files in an out_dir, shared by train.py (writes) and sample.py / the 
 State dicts carry no torch.compile '_orig_mod.' prefix, and every file loads with
 torch.load(weights_only=True): plain tensors, numbers, strings, lists and dicts only.
 """
-import errno
 import os
 import pickle
-import resource
-import shutil
 
 import torch
 
-from codegpt.atomic import atomic_path
+from codegpt.atomic import atomic_path, write_error
 from codegpt.errors import UserError
 from codegpt.shards import DEFAULT_ENCODING
 
@@ -27,11 +24,7 @@ def save_checkpoint(ckpt, path):
         try:
             torch.save(ckpt, tmp)
         except RuntimeError as e:  # torch reports a short write (a full disk) as "unexpected pos"
-            free = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free
-            limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
-            raise OSError(errno.EFBIG if limited else errno.ENOSPC if free < 2**30 else errno.EIO,
-                          f"writing the checkpoint failed ({str(e).splitlines()[0][:80]}; {free / 1e9:.2f} GB free)",
-                          path) from e
+            raise write_error(e, path, 'writing the checkpoint') from e
 
 
 def checkpoint_path(out_dir, which='best'):

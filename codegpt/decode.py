@@ -32,7 +32,7 @@ def generate(model, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None
     done = torch.zeros(b, dtype=torch.bool, device=idx.device)
     start = idx.size(1)
     # eager attention on CUDA avoids cuDNN's kernels: they build a plan for every new key length
-    # (~50 ms on an H100, torch 2.11), and a growing context is a new length at every token
+    # (notes/generation.md), and a growing context is a new length at every token
     def eager_attn():  # a fresh context each time: sdpa_kernel's can be entered only once
         if not idx.is_cuda:
             return contextlib.nullcontext()

@@ -12,10 +12,12 @@ the model learns where files begin. The manifest holds at least:
      "val": [{"file": "val_python.npy", "language": "Python", "tokens": N, "bytes": B}, ...]}
 where a val entry's bytes are the UTF-8 bytes of its documents (for bits per byte).
 
-The encoding is tiktoken's r50k_base (GPT-2's BPE) or p50k_base (Codex's: the same BPE plus 24
-tokens for runs of 2 to 25 spaces, ids 50257-50280). Both keep <|endoftext|> at 50256 and fit
-uint16 and the 50304-row padded embedding. The manifest says which; every later stage reads it
-from there (train.py) or from the checkpoint's 'encoding' key (sample, evals, export).
+The encoding is tiktoken's r50k_base (GPT-2's BPE), p50k_base (Codex's: the same BPE plus 24
+tokens for runs of 2 to 25 spaces, ids 50257-50280) or p50k_edit (p50k_base plus the three
+fill-in-the-middle sentinels, 50281-50283; ordinary text encodes as in p50k_base). All keep
+<|endoftext|> at 50256 and fit uint16 and the 50304-row padded embedding. The manifest says which;
+every later stage reads it from there (train.py) or from the checkpoint's 'encoding' key (sample,
+evals, export).
 """
 import functools
 import json
@@ -27,7 +29,7 @@ import numpy as np
 from codegpt.atomic import atomic_path
 from codegpt.errors import NetworkError, UserError
 
-ENCODINGS = ('r50k_base', 'p50k_base')  # tiktoken's names: GPT-2's BPE, and Codex's with runs of spaces
+ENCODINGS = ('r50k_base', 'p50k_base', 'p50k_edit')  # tiktoken's: GPT-2's BPE, Codex's with runs of spaces, and that with FIM sentinels
 DEFAULT_ENCODING = 'r50k_base'  # the reference run's, and that of every file made before the key existed
 EOT = 50256  # <|endoftext|> in both
 DTYPE = np.uint16
@@ -48,10 +50,17 @@ def get_encoding(name):
 
 
 def token_byte_lengths(enc):
-    """(n_vocab,) int64: the UTF-8 bytes each token stands for; <|endoftext|> separates documents
-    and is no byte of them (for bits per byte)."""
-    return np.array([0 if i == EOT else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)],
+    """(n_vocab,) int64: the UTF-8 bytes each token stands for; special tokens (<|endoftext|>, which
+    separates documents, and the FIM sentinels) are no byte of the text (for bits per byte)."""
+    special = set(enc._special_tokens.values())
+    return np.array([0 if i in special else len(enc.decode_single_token_bytes(i)) for i in range(enc.n_vocab)],
                     dtype=np.int64)
+
+
+def text_vocab(enc):
+    """How many ids a sampler may emit: those below the first special token after <|endoftext|> (the
+    FIM sentinels of p50k_edit are control tokens, never text), else the encoding's whole vocabulary."""
+    return min([i for i in enc._special_tokens.values() if i > EOT], default=enc.n_vocab)
 
 
 def train_name(index):
@@ -100,7 +109,7 @@ def open_shards(data_dir):
             raise UserError(f"{p} is listed in manifest.json but missing; {fix}")
         try:
             # a plain ndarray view of the memory map: slicing a np.memmap builds a memmap object
-            # per slice, which made get_batch ~2.5x slower on the host
+            # per slice, which made get_batch several times slower on the host
             a = np.load(p, mmap_mode='r').view(np.ndarray)
         except (ValueError, OSError, EOFError) as e:
             raise UserError(f"{p} is not a readable .npy shard ({type(e).__name__}: {str(e).splitlines()[0][:120]}); {fix}")

@@ -1,6 +1,6 @@
 # Quickstart, stage 2 of 4: p50k_base token shards from the quickstart parquet (~3.7M tokens).
-# p50k_base is GPT-2's BPE plus tokens for runs of spaces: at 300 steps it gave 2.135 val bits
-# per byte against r50k_base's 2.309 on the same documents, in the same time (notes/recipe.md).
+# p50k_base is GPT-2's BPE plus tokens for runs of spaces: fewer tokens per file of code, so the
+# same steps learn from more of it (notes/recipe.md).
 # python tokenize_github_code.py config/quickstart_tokenize.py          (~5 s on 2 cores)
 #
 # The stdlib has only ~35 top folders ("repositories"): at the reference 0.01 none is held out,

@@ -5,8 +5,8 @@
 # python train.py config/train_github_code_124m_chinchilla.py
 
 out_dir = 'out-github-code-124m-chinchilla'
-# p50k_base tokens (tokenize_github_code.py --encoding=p50k_base): the same recipe reached the
-# reference's bpb 1.7x sooner on them (notes/recipe.md)
+# p50k_base tokens (tokenize_github_code.py --encoding=p50k_base): the same recipe learns faster
+# on them (notes/recipe.md)
 data_dir = 'data/github-code/tokens-p50k'
 wandb_run_name = 'gpt2-124m-chinchilla'
 

@@ -17,7 +17,7 @@ from codegpt.github_code import language_of, language_slug
 SCRIPT = 'tokenize_github_code.py'
 EOT = 50256
 # small shards so a run writes several; a big val cap so the round trip sees every document
-ARGS = ['--shard_tokens=40000', '--val_fraction=0.3', '--val_max_tokens=0', '--max_file_bytes=30000',
+ARGS = ['--shard_tokens=40000', '--val_fraction=0.3', '--val_max_tokens=0', '--max_file_bytes=30000', '--dedup=False',
         '--licenses=mit,apache-2.0']
 LONG_LINE = 'x = "' + 'a' * 1200 + '"\n'
 
@@ -75,7 +75,8 @@ def planted_copy(text):
 def expected_docs(rows, selected):
     """The documents the filters keep, in input order, as (text, repository, language); and the drop counts."""
     out, dropped = [], dict.fromkeys(['unknown_language', 'language_not_selected', 'license', 'too_large',
-                                      'too_short', 'long_line', 'humaneval', 'val_cap'], 0)
+                                      'too_short', 'long_line', 'humaneval', 'exact_duplicate', 'near_duplicate',
+                                      'val_copy', 'val_cap'], 0)
     for r in rows:
         text = r['content'].decode('utf-8', 'replace') if isinstance(r['content'], bytes) else r['content']
         lang = language_of(r['path'])
