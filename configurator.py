@@ -164,6 +164,7 @@ RANGES = {
     'num_samples': ('[1, inf)', 'samples'),
     'max_new_tokens': ('[1, inf)', 'tokens'),
     'eval_humaneval.py:max_new_tokens': ('[0, inf)', "tokens; 0 = the protocol's"),
+    'eval_humaneval.py:batch_size': ('[0, inf)', "completions at once; 0 = the protocol's"),
     'eval_infill.py:max_new_tokens': ('[1, inf)', 'tokens'),
     'temperature': ('[0, inf)', '0 = greedy'),
     'top_k': ('[0, inf)', 'tokens; 0 = off'),
@@ -189,6 +190,8 @@ RANGES = {
     'warmup_tokens': ('[0, inf)', 'tokens'),
     'corpus_mb': ('(0, inf)', 'megabytes'),
     'files': ('[1, inf)', 'files'),
+    'every': ('[1, inf)', 'steps'),
+    'after': ('[0, inf)', 'steps'),
 }
 PATH_KEYS = ('out_dir', 'data_dir', 'in_dir', 'work_dir')  # a folder each script needs: never ''
 

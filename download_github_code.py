@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from codegpt import github_code
 from codegpt import local_source
-from codegpt.atomic import lock_dir, write_json
+from codegpt.atomic import lock_dir, refuse_foreign, write_json
 from configurator import configure, die
 from codegpt.errors import NetworkError, UserError
 from codegpt.local_source import sha256_of
@@ -288,10 +288,11 @@ def download_from_hub():
     partials = [os.path.join(out_dir, n + '.incomplete') for n in todo]
     need = sum(listed[n][0] for n in todo) - sum(os.path.getsize(p) for p in partials if os.path.exists(p))
     free = shutil.disk_usage(out_dir).free
+    size = lambda n: tqdm.format_sizeof(n, 'B', 1000)  # 1.23GB, 456kB, 12.0B: small numbers stay readable
     if need > free:
-        raise UserError(f"not enough disk space in {out_dir}: {need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free; "
+        raise UserError(f"not enough disk space in {out_dir}: {size(need)} to download, {size(free)} free; "
                         f"free space, set --out_dir elsewhere, or fetch fewer shards")
-    print(f"{len(names)} shards requested ({sum(listed[n][0] for n in names) / 1e9:.2f} GB), "
+    print(f"{len(names)} shards requested ({size(sum(listed[n][0] for n in names))}), "
           f"{len(names) - len(todo)} already verified, {len(todo)} to check or download with {workers} workers")
 
     t0 = time.time()
@@ -346,6 +347,7 @@ def build_local():
 
 # --- run, then write the manifest atomically: it appears only when every file in it is verified
 if __name__ == '__main__':
+    refuse_foreign(out_dir, 'download_github_code.py', 'out_dir')  # a token folder, a run, an export: never ours to fill
     lock = lock_dir(out_dir, 'download_github_code.py')  # two downloads into one folder would append to the same files
     manifest, summary = download_from_hub() if source == 'hub' else build_local()
     write_json(_manifest_path, manifest)

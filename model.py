@@ -140,10 +140,6 @@ class CausalSelfAttention(nn.Module):
         return self.resid_dropout(self.c_proj(y))
 
 
-# built outside torch.compile's graph: traced into a compiled model, create_block_mask's kernel over a
-# mask_mod that indexes a tensor hit an illegal memory access (torch 2.11, at the first no_grad
-# eval); built eagerly and handed to the compiled flex_attention, it is the common path
-@torch.compiler.disable
 def document_mask(idx, eot, flex=None):
     """doc_mask: what each position may attend to, made once per forward for all layers: the earlier
     positions of its own document, which begins at its <|endoftext|> (id eot). With flex (the default
@@ -213,6 +209,12 @@ class GPT(nn.Module):
             self.register_buffer('rope_cos', cos, persistent=False)  # (block_size, hs)
             self.register_buffer('rope_sin', sin, persistent=False)  # (block_size, hs)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.doc_mask:
+            # built outside torch.compile's graph: traced into a compiled model, create_block_mask's kernel
+            # over a mask_mod that indexes a tensor hit an illegal memory access (torch 2.11, at the first
+            # no_grad eval); built eagerly and handed to the compiled flex_attention, it is the common path.
+            # (disable() imports dynamo, seconds at start: only a model that needs it pays for it)
+            self.document_mask = torch.compiler.disable(document_mask)
         if config.tie_head:  # weight tying: the output head reuses the token embedding (saves 38M params at 124M)
             self.transformer.wte.weight = self.lm_head.weight
         self.apply(self._init_weights)
@@ -269,7 +271,7 @@ class GPT(nn.Module):
             mask = torch.zeros(1, 1, 1, slots.numel(), dtype=cache[0][0].dtype, device=device)
             mask = mask.masked_fill((slots > pos).view(1, 1, 1, -1), float('-inf'))  # (1, 1, 1, block_size)
         elif cache is None and self.config.doc_mask:
-            mask = document_mask(idx, self.config.eot)
+            mask = self.document_mask(idx, self.config.eot)
         for i, block in enumerate(self.transformer.h):
             x = block(x, None if cache is None else cache[i], pos, mask, rope)
         x = self.transformer.ln_f(x)

@@ -28,7 +28,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from codegpt import humaneval, pretrained, shards
-from codegpt.atomic import lock_dir
+from codegpt.atomic import lock_dir, refuse_foreign
 from codegpt.checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_checkpoint
 from codegpt.gpu import energy_joules, peak_flops
 from codegpt.optim import clip_grad_norm
@@ -207,6 +207,7 @@ model_args = dict(n_layer=n_layer, n_head=n_head, n_embd=n_embd, block_size=bloc
                   vocab_size=vocab_size, dropout=dropout, gelu=gelu, tie_head=tie_head, split_qkv=split_qkv,
                   doc_mask=doc_mask, arch=arch, softcap=softcap, eot=manifest['eot'])
 ckpt_path, best_path = os.path.join(out_dir, LATEST), os.path.join(out_dir, BEST)
+refuse_foreign(out_dir, 'train.py', 'out_dir')  # a download, a token folder, an export: never ours to write in
 if master:
     lock = lock_dir(out_dir, 'train.py')  # held until this process ends: a second run into out_dir is refused
 held = [p for p in (ckpt_path, best_path) if os.path.isfile(p)]

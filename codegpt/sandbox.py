@@ -21,25 +21,29 @@ What is contained
   not visible, not even through /proc/<parent>/environ.
 - The same interpreter and packages as the evaluation (`import numpy` works): the child imports
   the installed modules the program names before the guard goes up and, as root, before it drops
-  to the sandbox uid, so an interpreter in a folder only root can read serves too.
-- A guard in the child that replaces the destructive and process-spawning functions of os, posix,
-  shutil and subprocess (remove, rmtree, rename, chmod, kill, fork, exec*, system, Popen, ...)
-  with ones that raise PermissionError, and refuses to open files for writing (open, os.open,
-  io.FileIO) or to make folders outside the sandbox.
+  to the sandbox uid; the folders on its module path are opened before the drop and read through
+  /proc/self/fd after it, so an interpreter under a folder only root may enter (a Python under
+  /root, mode 0700) still loads what a program imports late (heapq for Counter.most_common,
+  _strptime, the idna codec). eval_humaneval.py checks that at start (PROBE) and refuses to score
+  when it does not hold.
+- A guard in the child that replaces the destructive and process-starting functions of os, posix,
+  shutil, subprocess and _posixsubprocess (remove, rmtree, rename, chmod, kill, fork, exec*, system,
+  Popen, fork_exec, which multiprocessing starts its children with, ...) with ones that raise
+  PermissionError; refuses to open files for writing (open, io.open, _io.open, os.open, FileIO), to
+  make folders, sqlite databases or Unix sockets outside the sandbox; refuses to import ctypes and
+  cffi; and hands back the guarded module when a program imports one again (deleted from
+  sys.modules, or reloaded).
 - When the parent runs as root (the usual container): the program runs as an unprivileged uid of
   its own (uid_base + worker slot; no passwd entry needed). File permissions then protect every
-  file it does not own even if it gets past the guard (ctypes, a C extension), RLIMIT_NPROC
-  counts only its own processes (a fork bomb stops at max_procs), and after each run every
-  process of that uid is killed, including any that left the process group.
+  file it does not own even if it gets past the guard (ctypes, which the drop itself loads, or a C
+  extension), RLIMIT_NPROC counts only its own processes (a fork bomb stops at max_procs), and
+  after each run every process of that uid is killed, including any that left the process group.
 
 What is not
-- As a non-root user (or with the uid drop turned off), programs run as the calling user: the
-  guard is then all that stands between a program and that user's files, and ctypes gets past
-  it; a process that leaves the group (setsid through ctypes) outlives the run; RLIMIT_NPROC
-  counts all of that user's processes (so a busy user may see forks refused) and does not bind
-  root at all; other processes of the user (the shell that started the run) keep their
-  environment readable. `isolation()` says which case holds, and eval_humaneval.py runs in that
-  mode only when asked to (`--sandbox_uid=-1`).
+- As a non-root user (or with the uid drop turned off: --sandbox_uid=-1), programs run as the
+  calling user, and the guard is all that holds; SAME_USER below says what it does not, and
+  eval_humaneval.py prints it at start. `isolation()` says which case holds, and eval_humaneval.py
+  runs in that mode only when asked to.
 - No network or filesystem namespace: a program can read world-readable files, use the network,
   and as the sandbox uid create files in world-writable places such as /tmp or /dev/shm (each
   bounded by the file-size limit, not their number).
@@ -57,6 +61,21 @@ import subprocess
 import sys
 import tempfile
 
+# What the guard does not hold when completions run as the calling user (no uid of their own):
+# eval_humaneval.py's start-up warning and the README say exactly this.
+SAME_USER = ("completions run as you, and only a guard inside their interpreter holds: it refuses writes outside "
+             "their folder (open, os, shutil, sqlite, Unix sockets), starting processes (os, subprocess, "
+             "multiprocessing) and importing ctypes or cffi, but a program that edits the interpreter itself (drops "
+             "the guard from sys.meta_path, or reaches C through a module another import loaded) gets past it and "
+             "can then write your files and leave a process running in a new session; the process limit counts all "
+             "your processes")
+SAME_USER_ROOT = ("; as root, no file permission or process limit binds it either, and every process's environment, "
+                  "this run's included, is readable")
+# a program that uses modules imported late: it fails wherever the sandbox uid cannot read the stdlib
+PROBE = ("from collections import Counter\nimport datetime\nassert Counter('abca').most_common(1) == [('a', 2)]\n"
+         "assert datetime.datetime.strptime('2020-01-02', '%Y-%m-%d').day == 2\n"
+         "assert 'b\\u00fccher.de'.encode('idna') == b'xn--bcher-kva.de'\n")
+
 # The child: set limits; as root, import what the program imports while this interpreter's files
 # are readable, then drop to the sandbox uid; install the guard; run the program as __main__.
 # argv: program, limits, uid (-1: stay as we are).
@@ -73,11 +92,17 @@ with open(prog) as f:
     source = f.read()
 code = compile(source, prog, 'exec')  # compiling runs none of it
 
-import ast, builtins, importlib, io, os, posix, shutil, subprocess
+import ast, builtins, importlib, importlib.util, io, os, posix, shutil, socket, subprocess
+import _io, _posixsubprocess, _socket
+try:  # an interpreter built without SQLite has nothing to guard there
+    import sqlite3, _sqlite3
+except ImportError:
+    sqlite3 = _sqlite3 = None
 uid = int(sys.argv[7])
 # the installed modules the program names (not its own code): imported before the guard, so a
 # package's import-time setup (numpy's os.putenv, say) runs as it does outside the sandbox
-NO_PREIMPORT = {'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo', 'webbrowser'}
+NO_PREIMPORT = {'antigravity', 'this', 'idlelib', 'tkinter', 'turtle', 'turtledemo', 'webbrowser',
+                'ctypes', '_ctypes', 'cffi', '_cffi_backend'}  # the last four: refused by the guard below
 nodes = list(ast.walk(ast.parse(source)))
 wanted = {a.name.split('.')[0] for n in nodes if isinstance(n, ast.Import) for a in n.names}
 wanted |= {n.module.split('.')[0] for n in nodes if isinstance(n, ast.ImportFrom) and n.module and not n.level}
@@ -87,9 +112,35 @@ for name in sorted(wanted - NO_PREIMPORT):
     except BaseException:  # the program will meet the same error itself
         pass
 if uid >= 0:
+    # the interpreter's folders may sit under one only root may enter (a Python under /root, mode
+    # 0700): opened now, as root, they stay readable through /proc/self/fd once we are the sandbox uid,
+    # so a module the program imports late (heapq for Counter.most_common, _strptime) still loads
+    remap = {}
+    for p in sys.path:
+        real = os.path.realpath(p) if p else ''
+        if real and os.path.isdir(real) and real not in remap:
+            try:
+                remap[real] = '/proc/self/fd/%d' % os.open(real, os.O_PATH | os.O_DIRECTORY)
+            except (OSError, AttributeError):
+                pass
+    import ctypes  # while its files are readable
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    if remap and os.path.isdir('/proc/self/fd'):
+        ctypes.CDLL(None).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE: the uid change gave /proc/self to root
+        def moved(path):
+            real = os.path.realpath(path)
+            for old in sorted(remap, key=len, reverse=True):
+                if real == old or real.startswith(old + os.sep):
+                    return remap[old] + real[len(old):]
+            return path
+        sys.path[:] = [moved(p) if p else p for p in sys.path]
+        for m in list(sys.modules.values()):  # packages already imported find their submodules there too
+            if isinstance(getattr(m, '__path__', None), list):
+                m.__path__[:] = [moved(p) for p in m.__path__]
+        sys.path_importer_cache.clear()
+        importlib.invalidate_caches()
 home = os.path.realpath(os.getcwd())
 
 def blocked(name):
@@ -108,7 +159,8 @@ OS = ('system', 'popen', 'fork', 'forkpty', 'posix_spawn', 'posix_spawnp',
 for mod, names in ((os, OS), (posix, OS),
                    (shutil, ('rmtree', 'move', 'copy', 'copy2', 'copyfile', 'copytree', 'chown')),
                    (subprocess, ('Popen', 'run', 'call', 'check_call', 'check_output', 'getoutput',
-                                 'getstatusoutput'))):
+                                 'getstatusoutput')),
+                   (_posixsubprocess, ('fork_exec',))):  # what subprocess and multiprocessing start processes with
     for name in names:
         if hasattr(mod, name):
             setattr(mod, name, blocked(f"{mod.__name__}.{name}"))
@@ -116,7 +168,6 @@ for mod, names in ((os, OS), (posix, OS),
 def inside(path):
     return os.path.realpath(os.fspath(path)).startswith(home + os.sep)
 
-import _io
 real_open, real_os_open, real_mkdir = io.open, posix.open, posix.mkdir
 def guarded_open(file, mode='r', *args, **kwargs):
     if not isinstance(file, int) and any(c in mode for c in 'wax+') and not inside(file):
@@ -136,10 +187,48 @@ def guarded_mkdir(path, *args, **kwargs):
     if not inside(path):
         raise PermissionError(f"making {path!r} outside the sandbox is disabled")
     return real_mkdir(path, *args, **kwargs)
-builtins.open = io.open = guarded_open
+def guarded_connect(database, *args, **kwargs):  # sqlite writes its file from C, past open()
+    name = os.fsdecode(database) if isinstance(database, (str, bytes, os.PathLike)) else ''
+    if name and name != ':memory:' and not name.startswith('file:') and not inside(name):
+        raise PermissionError(f"a database {name!r} outside the sandbox is disabled")
+    if name.startswith('file:'):
+        raise PermissionError("sqlite URIs are disabled in the sandbox")
+    return real_connect(database, *args, **kwargs)
+real_connect, real_bind = getattr(_sqlite3, 'connect', None), _socket.socket.bind
+def guarded_bind(self, address):  # a Unix socket is a file made by bind()
+    if self.family == socket.AF_UNIX and isinstance(address, (str, bytes)) and address[:1] not in ('\0', b'\0') \
+            and not inside(os.fsdecode(address)):
+        raise PermissionError(f"a socket at {address!r} outside the sandbox is disabled")
+    return real_bind(self, address)
+class GuardedSocket(_socket.socket):  # the raw class, for a program that skips socket.py
+    __slots__ = ()
+    bind = guarded_bind
+builtins.open = io.open = _io.open = guarded_open
 os.open = posix.open = guarded_os_open
 _io.FileIO = io.FileIO = GuardedFileIO
 os.mkdir = posix.mkdir = guarded_mkdir
+if sqlite3 is not None:
+    sqlite3.connect = _sqlite3.connect = guarded_connect
+socket.socket.bind = guarded_bind
+_socket.socket = GuardedSocket
+
+# a module imported again (deleted from sys.modules, or reloaded) would come back unguarded: this finder,
+# first on the path, hands back the guarded one; and the C bridges that bypass every guard are not loaded
+GUARDED = {m.__name__: m for m in (os, posix, io, _io, shutil, subprocess, _posixsubprocess, socket, _socket,
+                                   sqlite3, _sqlite3) if m is not None}
+class Guard:
+    @staticmethod
+    def find_spec(name, path=None, target=None):
+        if name.split('.')[0] in ('ctypes', '_ctypes', 'cffi', '_cffi_backend') and name not in sys.modules:
+            raise ImportError(f"importing {name} is disabled in the sandbox")
+        return importlib.util.spec_from_loader(name, Guard) if name in GUARDED else None
+    @staticmethod
+    def create_module(spec):
+        return GUARDED[spec.name]
+    @staticmethod
+    def exec_module(module):
+        pass
+sys.meta_path.insert(0, Guard)
 for name in ('exit', 'quit'):  # a program that ends early has not passed; sys.exit is caught below
     builtins.__dict__.pop(name, None)
 

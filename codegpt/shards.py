@@ -87,11 +87,28 @@ def load_manifest(data_dir):
     if not os.path.isfile(path):
         raise UserError(f"{path} is missing; '{data_dir}' is not a finished token directory "
                         f"(rerun tokenize_github_code.py --out_dir={data_dir})")
-    with open(path) as f:
-        m = json.load(f)
+    fix = f"remake the folder with tokenize_github_code.py --out_dir={data_dir}"
+    try:
+        with open(path, encoding='utf-8') as f:
+            m = json.load(f)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise UserError(f"{path} is not JSON ({str(e).splitlines()[0][:100]}); {fix}")
+    if not isinstance(m, dict):
+        raise UserError(f"{path} holds a {type(m).__name__}, not a token manifest; {fix}")
     for key in ('encoding', 'eot', 'train', 'val'):
         if key not in m:
-            raise UserError(f"{path} has no '{key}' entry; remake it with tokenize_github_code.py")
+            raise UserError(f"{path} has no '{key}' entry; {fix}")
+    # every entry as train.py and the evals read it: a list of {file, tokens[, language, bytes]}
+    fields = {'train': {'file': str, 'tokens': int}, 'val': {'file': str, 'tokens': int, 'language': str, 'bytes': int}}
+    for split, need in fields.items():
+        if not isinstance(m[split], list):
+            raise UserError(f"{path}: '{split}' is {json.dumps(m[split])[:40]}, not a list of files; {fix}")
+        for i, e in enumerate(m[split]):
+            bad = [k for k, t in need.items() if not isinstance(e, dict) or not isinstance(e.get(k), t)
+                   or isinstance(e.get(k), bool)]
+            if bad:
+                raise UserError(f"{path}: {split} entry {i} has no {bad[0]!r} of type {need[bad[0]].__name__} "
+                                f"({json.dumps(e)[:60]}); {fix}")
     return m
 
 

@@ -198,3 +198,56 @@ def test_constants_are_not_config_keys():
     assert configure(g, []) == dict(batch_size=12)
     with pytest.raises(SystemExit):
         configure(g, ['--EOT=1'])
+
+
+# --- every numeric key's range, from one table ------------------------------------------------------
+
+def test_every_numeric_key_of_every_script_has_a_range_and_every_range_a_key():
+    from configurator import RANGES, in_range
+    from test_quickstart import config_block
+    import glob
+    scripts = [os.path.relpath(p, ROOT) for p in sorted(glob.glob(os.path.join(ROOT, '*.py')) + glob.glob(os.path.join(ROOT, 'bench', '*.py')))
+               if 'configure(globals())' in open(p).read() and not p.endswith('configurator.py')]
+    numeric = set()
+    for script in scripts:
+        for key, default, _ in config_block(script):
+            try:
+                value = ast.literal_eval(default)
+            except ValueError:
+                continue  # computed defaults (os.cpu_count(), torch.cuda...) are checked when the script runs
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                numeric.add(key)
+                rule = RANGES.get(f"{os.path.basename(script)}:{key}") or RANGES.get(key)
+                assert rule, f"{script}: numeric key {key} has no entry in configurator.RANGES"
+                assert in_range(value, rule[0]), f"{script}: {key}'s default {value} lies outside its own range {rule[0]}"
+    unused = [k for k in RANGES if k.split(':')[-1] not in numeric | {'workers', 'peak_tflops'}]
+    assert not unused, f"configurator.RANGES has entries no script has: {unused}"
+
+
+@pytest.mark.parametrize('script, args, needle', [
+    ('train.py', ['--min_lr=-0.01'], 'min_lr=-0.01 is outside [0, inf)'),
+    ('train.py', ['--max_seconds=-5'], 'max_seconds=-5.0'),
+    ('train.py', ['--weight_decay=-0.1'], 'weight_decay=-0.1'),
+    ('train.py', ['--muon_momentum=1.5'], 'muon_momentum=1.5 is outside [0, 1)'),
+    ('train.py', ['--n_head=0'], 'n_head=0'),
+    ('train.py', ['--n_embd=-8'], 'n_embd=-8'),
+    ('train.py', ['--dropout=1.0'], 'dropout=1.0'),
+    ('train.py', ['--beta2=1.5'], 'beta2=1.5'),
+    ('train.py', ['--seed=-1'], 'seed=-1'),
+    ('train.py', ['--out_dir='], 'out_dir is empty'),
+    ('train.py', ['NAN_CONFIG'], 'max_seconds=nan'),
+    ('tokenize_github_code.py', ['--val_max_tokens=-1'], 'val_max_tokens=-1'),
+    ('eval_humaneval.py', ['--temperature=-0.5'], 'temperature=-0.5'),
+    ('eval_humaneval.py', ['--max_new_tokens=-1'], 'max_new_tokens=-1'),
+    ('sample.py', ['--top_p=1.5'], 'top_p=1.5'),
+])
+def test_a_number_outside_its_range_is_one_line_before_any_work(script, args, needle, tmp_path):
+    from conftest import one_line_error, run_script
+    if args == ['NAN_CONFIG']:  # a config file can hold what the command line cannot spell
+        (tmp_path / 'nan.py').write_text("max_seconds = float('nan')\n")
+        args = [str(tmp_path / 'nan.py')]
+    folder = {'train.py': 'data_dir', 'tokenize_github_code.py': 'in_dir'}.get(script, 'out_dir')
+    extra = [] if args == ['--out_dir='] else [f'--{folder}={tmp_path / "never"}']
+    p = run_script(script, *args, *extra, check=False, cwd=str(tmp_path))
+    one_line_error(p, needle, 'pass a value in that range' if 'empty' not in needle else '--out_dir=')
+    assert not (tmp_path / 'never').exists() and not (tmp_path / 'out').exists()

@@ -5,6 +5,8 @@ import json
 import os
 import re
 import socket
+import subprocess
+import sys
 import sysconfig
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import code_rows, one_line_error, run_script, write_parquet
+from conftest import ROOT, code_rows, one_line_error, run_script, write_parquet
 from codegpt.github_code import COLUMNS, language_of, shard_name
 
 REPO = 'codeparrot/github-code'
@@ -233,6 +235,21 @@ def test_missing_or_out_of_range_shard_is_a_clear_error(tmp_path, hub):
     assert 'shard index 4 is out of range' in line and '4 shards (0..3)' in line
     assert hub.body_gets() == []  # checked before downloading anything
     assert not (tmp_path / 'out' / 'manifest.json').exists()
+
+
+def test_too_little_disk_says_how_much_in_readable_units(tmp_path, hub):
+    # the disk as a nearly full one reports it: a few kB free; the sizes must not round to "0.00 GB"
+    code = ("import collections, runpy, shutil, sys\n"
+            "shutil.disk_usage = lambda p: collections.namedtuple('u', 'total used free')(10**9, 10**9 - 2048, 2048)\n"
+            f"sys.argv = sys.argv[1:]\nsys.path.insert(0, {ROOT!r})\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    env = {**os.environ, 'HF_ENDPOINT': hub.url, 'HF_HOME': str(tmp_path / 'hf_home'), 'HF_HUB_DISABLE_XET': '1',
+           'HF_HUB_DISABLE_TELEMETRY': '1'}
+    p = subprocess.run([sys.executable, '-c', code, os.path.join(ROOT, 'download_github_code.py'),
+                        f'--out_dir={tmp_path / "out"}', '--num_shards=2'], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=120)
+    line = one_line_error(p, 'not enough disk space', '2.05kB free')
+    assert '0.00' not in line and re.search(r'\d+(\.\d+)?[kM]B to download', line), line
 
 
 def test_unreachable_endpoint_is_a_clear_error(tmp_path):

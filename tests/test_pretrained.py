@@ -213,3 +213,18 @@ def test_pretrained_inputs_that_cannot_work_are_one_line_each(token_dir, gpt2_fo
         one_line_error(go('--init_from=gpt2', cache=tmp_path / 'fresh'), "does not match the hub's hash", 'delete')
     finally:
         Hub.damaged = set()
+
+
+def test_a_folder_whose_config_json_disagrees_with_its_weights_is_one_line(token_dir, gpt2_folder, hub, tmp_path):
+    cfg = json.loads((gpt2_folder / 'config.json').read_text())
+    for name, change, needle in (('fewer_layers', {'n_layer': 1}, 'says 1 layers but model.safetensors holds 2'),
+                                 ('wider', {'n_embd': 48, 'n_head': 2}, 'of shape (50257, 32)'),
+                                 ('heads', {'n_head': 5}, '5 attention heads for a width of 32')):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / 'config.json').write_text(json.dumps({**cfg, **change}))
+        (folder / 'model.safetensors').write_bytes((gpt2_folder / 'model.safetensors').read_bytes())
+        p = train(token_dir, tmp_path / 'o', '--max_iters=0', f'--init_from={folder}', endpoint=hub,
+                  cache=tmp_path / 'hf-home', check=False)
+        one_line_error(p, str(folder), needle)
+    assert not (tmp_path / 'o' / 'ckpt.pt').exists()

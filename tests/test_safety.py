@@ -30,7 +30,9 @@ def read_log(out):
 
 
 def snapshot(d):
-    return {n: open(os.path.join(d, n), 'rb').read() for n in sorted(os.listdir(d)) if n != '.lock'}
+    """Every file under d (its lock aside) and its bytes."""
+    return {os.path.relpath(os.path.join(root, n), d): open(os.path.join(root, n), 'rb').read()
+            for root, _, names in os.walk(d) for n in sorted(names) if n != '.lock'}
 
 
 def test_a_second_train_run_into_the_same_out_dir_is_refused_naming_the_first(token_dir, tmp_path):
@@ -153,3 +155,61 @@ def test_a_damaged_token_folder_is_one_line_naming_the_file_in_train_and_eval_bp
     p = run_script('eval_bpb.py', f'--out_dir={tmp_path / "ckpt.pt"}', f'--data_dir={bad}', '--device=cpu',
                    '--max_tokens=500', check=False, env=ENV)
     one_line_error(p, 'val_python.npy', 'tokenize_github_code.py')
+
+
+# --- a stage never writes into what is not its own ----------------------------------------------
+
+def test_a_scratch_run_over_a_folder_holding_only_ckpt_best_is_refused(token_dir, tmp_path):
+    out = tmp_path / 'out'
+    run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=2', '--eval_interval=2',
+               env=ENV)
+    os.remove(out / 'ckpt.pt')  # the best model alone, say the one a user kept
+    best = (out / 'ckpt_best.pt').read_bytes()
+    p = run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out}', '--max_iters=2', check=False, env=ENV)
+    one_line_error(p, str(out / 'ckpt_best.pt'), '--overwrite=True')
+    assert (out / 'ckpt_best.pt').read_bytes() == best
+
+
+def test_export_replaces_only_its_own_export_and_clears_a_killed_ones_leftovers(tmp_path):
+    pytest.importorskip('transformers')
+    from conftest import tiny_checkpoint
+    tiny_checkpoint(tmp_path / 'ckpt.pt')
+    args = [f'--out_dir={tmp_path / "ckpt.pt"}', '--verify=False', '--tokenizer=False']
+    mine = tmp_path / 'mine'  # a user's folder with a config.json: not an export
+    mine.mkdir()
+    (mine / 'config.json').write_text('{}')
+    (mine / 'important.txt').write_text('x\n')
+    one_line_error(run_script('export_hf.py', *args, f'--export_dir={mine}', check=False), str(mine), 'not an earlier export')
+    assert sorted(os.listdir(mine)) == ['config.json', 'important.txt']
+    # an export is replaced; an export with a user's file added is not
+    hf = tmp_path / 'hf'
+    run_script('export_hf.py', *args, f'--export_dir={hf}')
+    assert json.load(open(hf / 'export.json'))['made_by'] == 'export_hf.py'
+    run_script('export_hf.py', *args, f'--export_dir={hf}')
+    (hf / 'notes.md').write_text('mine\n')
+    one_line_error(run_script('export_hf.py', *args, f'--export_dir={hf}', check=False), 'notes.md', 'no export writes')
+    assert (hf / 'notes.md').read_text() == 'mine\n'
+    # what a kill -9 mid-export leaves beside the folder goes with the next run, and nothing else does
+    os.remove(hf / 'notes.md')
+    for junk in ('hf.tmp4242', 'hf.old4243'):
+        (tmp_path / junk).mkdir()
+        (tmp_path / junk / 'model.safetensors').write_bytes(b'half')
+    (tmp_path / 'hf.tmpx').mkdir()  # not a name an export makes
+    run_script('export_hf.py', *args, f'--export_dir={hf}')
+    assert sorted(os.listdir(tmp_path)) == ['ckpt.pt', 'hf', 'hf.tmpx', 'mine']
+
+
+def test_each_stage_refuses_another_stages_folder_and_names_it(token_dir, tmp_path):
+    parquet = tmp_path / 'parquet'
+    run_script('download_github_code.py', '--source=local', f'--local_paths={STDLIB}/json', f'--out_dir={parquet}')
+    tokens = tmp_path / 'tokens'
+    run_script('tokenize_github_code.py', f'--in_dir={parquet}', f'--out_dir={tokens}', '--val_fraction=0.5')
+    before = {d: snapshot(d) for d in (parquet, tokens)}
+    one_line_error(run_script('download_github_code.py', '--source=local', f'--local_paths={STDLIB}/json',
+                              f'--out_dir={tokens}', check=False), str(tokens), 'tokenize_github_code.py')
+    p = run_script('tokenize_github_code.py', f'--in_dir={parquet}', f'--out_dir={parquet}', check=False)
+    line = one_line_error(p, str(parquet), 'download_github_code.py')
+    assert 'delete' not in line  # never advice that would destroy a download
+    one_line_error(run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={tokens}', '--max_iters=1',
+                              check=False, env=ENV), str(tokens), 'tokenize_github_code.py')
+    assert {d: snapshot(d) for d in (parquet, tokens)} == before
