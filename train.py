@@ -500,7 +500,8 @@ def stop_agreed():
 
 # --- training loop -----------------------------------------------------------------------------
 record('start', iter=run['iter_num'], init_from=init_from, world=world, tokens_per_iter=tokens_per_iter,
-       micro_batch=micro_batch, accum=accum, params=raw_model.num_params(), config=config)
+       micro_batch=micro_batch, accum=accum, params=raw_model.num_params(), config=config,
+       device=torch.cuda.get_device_name(rank_device) if device_type == 'cuda' else device_type)
 first_row = lambda micro: (rank * accum + micro) * micro_batch  # this rank's rows of the step's batch
 x, y = loader.get(run['iter_num'], first_row(0), micro_batch)
 micro_step = capture_micro_step(model, list(raw_model.parameters()), x, y, accum, autocast) if graphed else None

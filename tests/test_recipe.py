@@ -4,6 +4,8 @@ what train.py promises (exact resume, DDP equivalence, export)."""
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -144,33 +146,73 @@ def test_max_seconds_ends_the_run_on_its_budget_with_the_schedule_fitted_to_it(p
     assert p.returncode == 0  # a budget alone (no other change) is valid
 
 
-def test_bench_recipe_runs_both_recipes_and_an_ablation_on_one_corpus_and_reports_the_speedup(tmp_path):
+def bench(work, *args, check=True):
+    """bench/recipe.py on three stdlib packages ('email' held out for val), a 2-layer model, in steps:
+    on a CPU the same flags give the same curves, so calls can be compared."""
     from conftest import STDLIB
-    local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))  # 'email' is held out for val
-    work = tmp_path / 'br'
-    # 6 s: a loaded 2-core machine takes ~1.5 s a step, and a step that crosses both half the budget and its end
-    # gives one eval, not two
-    p = run_script('bench/recipe.py', '--budget=6', '--evals=2', f'--local_paths={local}', f'--work_dir={work}',
-                   '--val_fraction=0.15', "--ablate=['fast --zero_init_proj=True']",
-                   '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32',
-                   env=ENV)
-    curves = {}
-    for name in ('reference', 'fast', 'fastzero_init_proj=True'):
-        log = read_log(work / 'runs' / name)
-        curves[name] = [e['val_bpb'] for e in log if e['event'] == 'eval']
-        assert len(curves[name]) == 3 and curves[name][-1] < curves[name][0]  # step 0, half the budget, the end
-    ref_rows = [line for line in p.stdout.splitlines() if line.startswith('reference ')]
-    assert ref_rows and ref_rows[-1].split()[-1] == '1.00x'  # the reference reaches its own final bpb at its end
-    assert f"target {curves['reference'][-1]:.4f} bpb" in p.stdout.splitlines()[-1]
-    assert 'speedup' in p.stdout.splitlines()[-1] and (work / 'recipe.png').stat().st_size > 1000
-    assert load_checkpoint(work / 'runs' / 'fastzero_init_proj=True' / 'ckpt.pt')['config']['zero_init_proj']
-    # ablations of the reference only: the fast slot is left out
-    p = run_script('bench/recipe.py', '--budget=2', '--evals=1', f'--local_paths={local}', f'--work_dir={work}',
-                   "--fast=", '--val_fraction=0.15', "--ablate=['p50k_base']", '--extra=--compile=False --device=cpu '
-                   '--dtype=float32 --n_layer=2 --n_head=2 --n_embd=32 --block_size=32', env=ENV)
-    assert 'run 1/2 reference' in p.stdout and 'run 2/2 ref + p50k_base' in p.stdout
-    assert '1 ablation run(s)' in p.stdout.splitlines()[-1]
+    local = ','.join(os.path.join(STDLIB, p) for p in ('json', 'email', 'logging'))
+    return run_script('bench/recipe.py', '--unit=steps', '--budgets=[6]', '--evals=2', '--warmup_floor=2',
+                      '--tuned_rates=[1.2e-3]', f'--local_paths={local}', f'--work_dir={work}', '--val_fraction=0.15',
+                      '--micro_batch=4', '--extra=--compile=False --device=cpu --dtype=float32 --n_layer=2 --n_head=2 '
+                      '--n_embd=32 --block_size=32', *args, check=check, env=ENV)
+
+
+def report_lines(stdout):
+    """The report, from its first budget header on, with the rate column (the one timing figure) blanked."""
+    lines = stdout[stdout.index('budget '):].splitlines()[:-1]  # the last line holds the call's seconds
+    return [re.sub(r' [\d,]+ +(\d+) ', r' - \1 ', line) for line in lines]
+
+
+def test_bench_recipe_split_over_calls_reports_as_one_call_and_never_mixes_runs(tmp_path):
+    one, split = tmp_path / 'one', tmp_path / 'split'
+    p = bench(one, "--ablate=['fast --zero_init_proj=True']")
+    assert '4 runs in all: 0 finished or left to another call, 4 to run now' in p.stdout
+    whole = report_lines(p.stdout)
+    # the same benchmark in two calls, the corpus carried over as a fresh machine would rebuild it
+    shutil.copytree(one / 'parquet', split / 'parquet')
+    p1 = bench(split, "--ablate=['fast --zero_init_proj=True']", "--runs=['reference@*', 'wsd*']")
+    assert '2 to run now' in p1.stdout and '2/4 runs measured (2 to go' in p1.stdout.splitlines()[-1]
+    p2 = bench(split, "--ablate=['fast --zero_init_proj=True']")
+    assert '2 finished or left to another call, 2 to run now' in p2.stdout and 'run 1/2 fast@6 steps#0' in p2.stdout
+    assert report_lines(p2.stdout) == whole
+    # a third call trains nothing, and --report prints the same table from the saved curves
+    p3 = bench(split, "--ablate=['fast --zero_init_proj=True']", '--report=True')
+    assert 'run 1/' not in p3.stdout and report_lines(p3.stdout) == whole
+    saved = [json.loads(l) for l in open(split / 'curves.jsonl')]
+    assert sorted(c['name'] for c in saved) == ['fast --zero_init_proj=True@6 steps#0', 'fast@6 steps#0',
+                                                'reference@6 steps#0', 'wsd-0.0012@6 steps#0']
+    assert all(len(c['curve']) == 3 and c['device'] == 'cpu' for c in saved)  # step 0, half the budget, the end
+    ref = next(c for c in saved if c['recipe'] == 'reference')
+    assert '--min_warmup_iters=2' in ref['flags'] and '--max_iters=6' in ref['flags']
+    fast_row = next(l for l in whole if l.startswith('fast '))
+    assert fast_row.split()[-2].endswith('x') and fast_row.split()[-1].endswith('x')  # vs both baselines
+    assert next(l for l in whole if l.startswith('reference ')).split()[-2] == '1.00x'  # itself, at its end
+    assert (split / 'recipe.png').stat().st_size > 1000 and (split / 'recipe_speedup.png').stat().st_size > 1000
+    # a saved run asked for again with other flags is refused, not mixed
+    before = (split / 'curves.jsonl').read_bytes()
+    p = bench(split, "--ablate=['fast --zero_init_proj=True']", '--warmup_floor=3', check=False)
+    one_line_error_in(p, "reference@6 steps#0", 'other train.py flags', '--work_dir')
+    assert (split / 'curves.jsonl').read_bytes() == before
+
+
+def one_line_error_in(p, *needles):
+    assert p.returncode != 0, p.stdout
+    lines = [l for l in p.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith('error:') and all(n in lines[0] for n in needles), p.stderr
+
+
+def test_bench_recipe_refuses_bad_runs_before_any_work(tmp_path):
     for bad, needle in ((["--fast=", "--ablate=['fast --zero_init_proj=False']"], "pass --fast="),
-                        (["--ablate=['cl100k_base']"], "'cl100k_base' is not")):
+                        (["--ablate=['cl100k_base']"], "'cl100k_base' is not"), (['--budgets=[]'], 'budgets=[]'),
+                        (['--unit=hours'], "unit='hours'")):
         p = run_script('bench/recipe.py', f'--work_dir={tmp_path / "never"}', *bad, check=False)
-        assert p.returncode != 0 and needle in p.stdout + p.stderr and not (tmp_path / 'never').exists()
+        one_line_error_in(p, needle)
+        assert not (tmp_path / 'never').exists()
+
+
+def test_the_warmup_is_never_shorter_than_min_warmup_iters_steps(p50k_dir, tmp_path):
+    # a budget of 20 steps on a schedule whose warmup is 1% of it: the floor stretches the warmup to 8 steps
+    fast(p50k_dir, tmp_path / 'o', '--max_iters=20', '--warmup_iters=0', '--min_warmup_iters=8', '--eval_interval=20')
+    lrs = [e['lr'] for e in read_log(tmp_path / 'o') if e['event'] == 'train']
+    assert lrs[:8] == pytest.approx([1.8e-3 * (i + 1) / 9 for i in range(8)])  # a straight line over 8 steps
+    assert lrs[8] == pytest.approx(1.8e-3)  # then the schedule's own rate
