@@ -178,7 +178,6 @@ RANGES = {
     'max_tokens': ('[1, inf)', 'tokens'),
     'eval_bpb.py:block_size': ('[0, inf)', "tokens; 0 = the model's"),
     # the benchmarks
-    'budget': ('(0, inf)', 'training seconds'),
     'evals': ('[1, inf)', 'evals per run'),
     'repeats': ('[1, inf)', 'runs per recipe'),
     'warmup_floor': ('[0, inf)', 'steps'),
