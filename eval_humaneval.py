@@ -339,7 +339,7 @@ if __name__ == '__main__':
     summary = {f'pass@{k}': sum(r[f'pass@{k}'] for r in records) / len(records) for k in KS if k <= n_min}
     summary.update(problems=len(records), solved=sum(r['passed'] > 0 for r in records),
                    completions_passed=sum(r['passed'] for r in records),
-                   completions_total=sum(r['n'] for r in records), **{k: config[k] for k in SAMPLING}, **key,
+                   completions_total=sum(r['n'] for r in records), **{**{k: config[k] for k in SAMPLING}, **key},
                    sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
     write_json(os.path.join(eval_dir, 'summary.json'), summary)
     scores = ' '.join(f"{k} {v * 100:.2f}%" for k, v in summary.items() if k.startswith('pass@'))

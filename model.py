@@ -74,9 +74,9 @@ def rotary_tables(block_size, head_size, theta):
 
 def rotate(x, cos, sin):
     """Rotary embedding of x (B, nh, T, hs) with cos, sin (T, hs): the halves (x1, x2) become
-    (x1 cos - x2 sin, x2 cos + x1 sin)."""
+    (x1 cos + x2 sin, x2 cos - x1 sin), each pair turned by minus its angle, as NanoChat turns them."""
     x1, x2 = x.chunk(2, dim=-1)
-    return x * cos + torch.cat((-x2, x1), dim=-1) * sin
+    return x * cos + torch.cat((x2, -x1), dim=-1) * sin
 
 
 class CausalSelfAttention(nn.Module):

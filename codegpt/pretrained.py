@@ -3,7 +3,7 @@ Our GPT in Hugging Face's layout, both ways: train.py's init_from reads OpenAI's
 from the hub, or any local GPT2LMHeadModel or NanoChatForCausalLM folder (one export_hf.py wrote,
 say), into model.py's GPT; export_hf.py writes ours out with hf_model: arch='gpt2' as
 GPT2LMHeadModel, arch='modern' as NanoChatForCausalLM, whose math is the modern block's in every
-detail (rotary with the same pairing and base, weightless RMSNorm with eps 1e-6 after the
+detail (rotary with the same pairing, sense and base, weightless RMSNorm with eps 1e-6 after the
 embedding, in each block and at the end, RMS-normed q and k after the rotation, ReLU², no biases,
 the tanh softcap).
 

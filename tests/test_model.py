@@ -72,8 +72,12 @@ def test_tiny_model_overfits_one_batch():
     assert loss.item() < 0.1, (first, loss.item())
 
 
-def test_greedy_with_kv_cache_equals_without_token_for_token():
-    model = tiny(scale=0.3, block_size=64)
+ARCHS = pytest.mark.parametrize('arch', [{}, dict(arch='modern', softcap=15.0, tie_head=False)], ids=['gpt2', 'modern'])
+
+
+@ARCHS
+def test_greedy_with_kv_cache_equals_without_token_for_token(arch):
+    model = tiny(scale=0.3, block_size=64, **arch)
     torch.manual_seed(2)
     for t in (1, 7, 23):
         prompt = torch.randint(0, 64, (3, t))
@@ -86,9 +90,10 @@ def test_greedy_with_kv_cache_equals_without_token_for_token():
         assert len(set(cached[:, t:].flatten().tolist())) > 10
 
 
-def test_decode_step_at_a_device_side_position_matches_the_sliced_cache():
+@ARCHS
+def test_decode_step_at_a_device_side_position_matches_the_sliced_cache(arch):
     # the CUDA-graph decode step (fixed shapes: whole cache, later slots masked) against the plain one
-    model = tiny(scale=0.3, block_size=32)
+    model = tiny(scale=0.3, block_size=32, **arch)
     prompt = torch.randint(0, 64, (3, 9))
     plain, static = new_cache(model, 3, prompt.device), new_cache(model, 3, prompt.device)
     with torch.no_grad():
@@ -212,10 +217,11 @@ def test_configure_optimizers_decays_matrices_only():
     assert len(ids) == len(decay['params']) + len(no_decay['params']) == len(list(model.parameters()))
 
 
-@pytest.mark.parametrize('tie_head, split_qkv', [(True, False), (False, False), (True, True)],
-                         ids=['tied', 'untied', 'split-qkv'])
-def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(tie_head, split_qkv):
-    model = tiny(bias=True, tie_head=tie_head, split_qkv=split_qkv)
+@pytest.mark.parametrize('tie_head, split_qkv, arch', [(True, False, 'gpt2'), (False, False, 'gpt2'), (True, True, 'gpt2'),
+                                                      (False, False, 'modern')],
+                         ids=['tied', 'untied', 'split-qkv', 'modern'])
+def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(tie_head, split_qkv, arch):
+    model = tiny(bias=True, tie_head=tie_head, split_qkv=split_qkv, arch=arch)
     adamw, muon = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), 'cpu',
                                              muon=dict(lr=0.02, momentum=0.95, weight_decay=0.0))
     assert isinstance(muon, torch.optim.Muon)
@@ -229,7 +235,7 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest_each_parameter_once(t
     n = model.config.n_embd
     assert all(p.shape == ((n, n) if split_qkv else (3 * n, n)) for m, p in model.named_parameters() if 'attn.c_' in m
                and 'proj' not in m and p.dim() == 2)  # orthogonalised as three squares, or one stack
-    assert 'transformer.wte.weight' in in_adamw and 'transformer.wpe.weight' in in_adamw
+    assert 'transformer.wte.weight' in in_adamw and ('transformer.wpe.weight' in in_adamw) is (arch == 'gpt2')
     assert ('lm_head.weight' in in_adamw) is not tie_head  # a tied head is wte, listed once under that name
     assert muon.param_groups[0]['lr'] == 0.02 and all(g['lr'] == 6e-4 for g in adamw.param_groups)
 
@@ -468,3 +474,52 @@ def test_flops_per_token_of_gpt2_124m_is_the_hand_computed_figure():
     # an untied head adds 38.6M weights but no FLOPs: the embedding it frees is a lookup
     assert untied.num_params() == big.num_params() + 50304 * 768
     assert untied.flops_per_token() == 859_488_768
+
+
+# --- the modern block --------------------------------------------------------------------------------
+
+def test_rotary_turns_each_pair_of_a_head_by_its_positions_angle():
+    from model import rotary_tables, rotate
+    hs, theta = 8, 10000.0
+    cos, sin = rotary_tables(16, hs, theta)  # (16, hs) each
+    torch.manual_seed(0)
+    x = torch.randn(1, 1, 16, hs)  # (B, nh, T, hs)
+    got = rotate(x, cos, sin)
+    for pos in (0, 1, 5, 15):
+        for i in range(hs // 2):  # pair i: dims i and i + hs/2, turned by -pos * theta^(-2i/hs) (NanoChat's sense)
+            a = -pos * theta ** (-2 * i / hs)
+            turn = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]])
+            want = turn @ torch.stack([x[0, 0, pos, i], x[0, 0, pos, i + hs // 2]])
+            assert torch.allclose(torch.stack([got[0, 0, pos, i], got[0, 0, pos, i + hs // 2]]), want, atol=1e-6)
+    # a rotation keeps lengths, and q.k depends on the positions only through their difference
+    assert torch.allclose(got.norm(dim=-1), x.norm(dim=-1), atol=1e-5)
+    q, k = torch.randn(hs), torch.randn(hs)
+    dot = lambda i, j: (rotate(q.view(1, 1, 1, -1), cos[i:i + 1], sin[i:i + 1]) *
+                        rotate(k.view(1, 1, 1, -1), cos[j:j + 1], sin[j:j + 1])).sum()
+    assert torch.allclose(dot(3, 1), dot(9, 7), atol=1e-5) and not torch.allclose(dot(3, 1), dot(3, 2), atol=1e-3)
+
+
+def test_the_modern_block_has_no_positions_norm_weights_or_biases_and_counts_its_flops():
+    gpt2, modern = tiny(bias=True, tie_head=False), tiny(bias=True, arch='modern', tie_head=False)
+    names = dict(modern.named_parameters())
+    assert 'transformer.wpe.weight' not in names and not any('ln_' in n or n.endswith('.bias') for n in names)
+    assert set(names) == {'transformer.wte.weight', 'lm_head.weight'} | {
+        f'transformer.h.{i}.{m}.weight' for i in range(2) for m in ('attn.c_attn', 'attn.c_proj', 'mlp.c_fc', 'mlp.c_proj')}
+    # FLOPs per token: every matrix but the untied embedding (a lookup), plus attention; no wpe, no gains
+    cfg = modern.config
+    matmuls = sum(p.numel() for n, p in names.items() if n != 'transformer.wte.weight')
+    assert modern.flops_per_token() == 6 * matmuls + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    # the same width and depth cost the same matmuls as GPT-2's, less its positions, gains and biases
+    assert modern.num_params(non_embedding=True) < gpt2.num_params(non_embedding=True)
+
+
+def test_softcap_bounds_the_logits_and_keeps_the_loss_on_the_capped_logits():
+    model = tiny(scale=2.0, arch='modern', softcap=3.0)
+    x = torch.randint(0, 64, (2, 16))
+    with torch.no_grad():
+        logits, loss = model(x, targets=x, return_logits=True)
+    assert logits.abs().max() <= 3.0 and logits.abs().max() > 2.5  # large raw logits, squashed to the cap
+    assert torch.allclose(loss, F.cross_entropy(logits.view(-1, 64), x.view(-1)), atol=1e-5)
+    model.train()
+    _, train_loss = model(x, x)  # the training path (no fused head when capped) gives the same loss
+    assert torch.allclose(train_loss, loss, atol=1e-5)

@@ -174,15 +174,17 @@ def test_short_val_language_is_skipped_with_one_note(token_dir, tmp_path):
 
 # --- resume, best checkpoint, early stop ----------------------------------------------------------
 
-@pytest.mark.parametrize('flags', [[], ['--sampling=doc', '--tie_head=False']], ids=['default', 'doc-untied'])
+@pytest.mark.parametrize('flags', [[], ['--sampling=doc', '--tie_head=False'],
+                                   ['--arch=modern', '--tie_head=False', '--softcap=15']],
+                         ids=['default', 'doc-untied', 'modern'])
 def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, flags):
     # dropout on, so the resumed run must also restore the RNG
     common = ['--eval_interval=4', '--dropout=0.1', *flags]
     straight, split = tmp_path / 'straight', tmp_path / 'split'
     train(token_dir, straight, '--max_iters=8', *common)
     train(token_dir, split, '--max_iters=4', *common)
-    p = train(token_dir, split, '--max_iters=8', '--init_from=resume',
-              *[f for f in common if not f.startswith('--tie_head')])  # the head's shape comes from ckpt.pt
+    p = train(token_dir, split, '--max_iters=8', '--init_from=resume',  # the model's shape comes from ckpt.pt
+              *[f for f in common if not f.startswith(('--tie_head', '--arch', '--softcap'))])
     assert 'resuming' in p.stdout
     a, b = train_losses(read_log(straight)), train_losses(read_log(split))
     assert sorted(a) == list(range(8)) and a == b  # floats compared exactly
@@ -194,7 +196,7 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(token_dir, tmp_path, fl
     assert all(torch.equal(sa[i]['exp_avg_sq'], sb[i]['exp_avg_sq']) for i in sa)
     assert [e['event'] for e in read_log(split)].count('start') == 2  # the log is appended
     untied = '--tie_head=False' in flags  # the resumed model took the checkpoint's head, not the default
-    assert cb['model_args']['tie_head'] is not untied
+    assert cb['model_args']['tie_head'] is not untied and cb['model_args']['arch'] == ('modern' if 'modern' in str(flags) else 'gpt2')
     assert torch.equal(cb['model']['lm_head.weight'], cb['model']['transformer.wte.weight']) is not untied
 
 
@@ -268,8 +270,10 @@ def torchrun(*args):
     return p
 
 
-def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(token_dir, tmp_path):
-    args = [*TINY, f'--data_dir={token_dir}', '--max_iters=4', '--eval_interval=4', '--gradient_accumulation_steps=4']
+@pytest.mark.parametrize('arch', ['gpt2', 'modern'])
+def test_two_gloo_ranks_match_one_process_with_the_same_global_batch(token_dir, tmp_path, arch):
+    args = [*TINY, f'--data_dir={token_dir}', '--max_iters=4', '--eval_interval=4', '--gradient_accumulation_steps=4',
+            f'--arch={arch}']
     one, two = tmp_path / 'one', tmp_path / 'two'
     run_script('train.py', *args, f'--out_dir={one}')
     p = torchrun(*args, f'--out_dir={two}')
