@@ -21,6 +21,7 @@ import torch
 from codegpt import humaneval, shards
 from codegpt.atomic import write_json
 from codegpt.checkpoint import encoding_of, find_and_load
+from codegpt.speed import keep_freed_memory
 from configurator import configure, die, setup_device
 from model import GPT
 
@@ -43,6 +44,8 @@ t_start = time.time()
 if batch_size < 1 or max_tokens < 1:
     die(f"batch_size={batch_size} and max_tokens={max_tokens} must be at least 1")
 device_type, _, autocast = setup_device(device, dtype)
+if device_type == 'cpu':
+    keep_freed_memory()  # the (windows, vocab) logits of every batch, made anew
 
 # ----------------------------------------------------------------------------- model and data
 ck, ckpt_path = find_and_load(out_dir, ckpt, device)

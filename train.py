@@ -33,7 +33,8 @@ from codegpt.checkpoint import BEST, LATEST, encoding_of, load_checkpoint, save_
 from codegpt.gpu import energy_joules, peak_flops
 from codegpt.optim import clip_grad_norm
 from codegpt.runlog import RunLog
-from codegpt.speed import NO_BAD_STEP, Loader, LogLine, NonFinite, capture_micro_step, largest_micro_batch
+from codegpt.speed import (NO_BAD_STEP, Loader, LogLine, NonFinite, capture_micro_step, keep_freed_memory,
+                           largest_micro_batch)
 import configurator
 from configurator import configure, die, setup_device
 from model import ARCHS, GPT, GPTConfig, flex_attention
@@ -150,6 +151,8 @@ torch.backends.cuda.matmul.allow_tf32 = True
 torch.backends.cudnn.allow_tf32 = True
 rank_device = f'cuda:{local_rank}' if ddp and device.startswith('cuda') else device  # this rank's device
 device_type, ptdtype, autocast = setup_device(rank_device, dtype)
+if device_type == 'cpu':
+    keep_freed_memory()
 if memory_gb > 0 and device_type == 'cuda':
     gpu = torch.device(rank_device).index or 0  # 'cuda' is GPU 0
     total = torch.cuda.get_device_properties(gpu).total_memory

@@ -61,11 +61,13 @@ class HeadLoss(torch.autograd.Function):
                                               BLOCK=block, num_warps=16)
             dz = logits  # (n, vocab), now softmax - onehot
         else:
-            z, t = logits.float(), targets.clamp(min=0)[:, None]  # (n, vocab), (n, 1)
+            # in place where it can be: each (n, vocab) temporary is a large allocation (and, on a CPU,
+            # fresh pages to fault in); the logits are not needed once their gradient is made
+            z, t = logits.float(), targets.clamp(min=0)[:, None]  # (n, vocab), (n, 1); z is logits when fp32
             lse = torch.logsumexp(z, dim=-1, keepdim=True)  # (n, 1)
             rows = (lse - z.gather(1, t))[:, 0] * keep
-            dz = torch.exp(z - lse).scatter_add_(1, t, -torch.ones_like(lse))  # softmax - onehot
-            dz = (dz * keep[:, None]).to(logits.dtype)
+            dz = z.sub_(lse).exp_().scatter_add_(1, t, -torch.ones_like(lse))  # softmax - onehot
+            dz = dz.mul_(keep[:, None]).to(logits.dtype)
         count = keep.sum()
         dx, dw = dz @ w.to(dz.dtype), dz.t() @ x.to(dz.dtype)  # as F.linear's backward: (n, d), (vocab, d)
         ctx.save_for_backward(dx, dw, count)

@@ -15,6 +15,10 @@ _BPE_CACHE = os.path.join(ROOT, '..', 'shared', 'tiktoken_cache')
 if os.path.isdir(_BPE_CACHE):
     os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.abspath(_BPE_CACHE))
 os.environ.setdefault('WANDB_MODE', 'offline')
+# one thread per process: the suite runs a process per core (pytest-xdist) and tiny models gain nothing
+# from a second thread, so threads would only contend; and kernels then split work the same way in
+# every run, so resumed runs match bit for bit however busy the machine is
+os.environ.setdefault('OMP_NUM_THREADS', '1')
 STDLIB = sysconfig.get_paths()['stdlib']
 
 

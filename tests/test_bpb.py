@@ -112,7 +112,7 @@ def test_humaneval_bpb_is_logged_at_evals_falls_when_learned_and_is_in_eval_bpb(
     out = tmp_path / 'out'
     p = run_script('train.py', f'--data_dir={tmp_path / "tokens"}', f'--out_dir={out}', '--n_layer=2', '--n_head=2',
                    '--n_embd=64', '--block_size=64', '--batch_size=16', '--gradient_accumulation_steps=1',
-                   '--max_iters=60', '--eval_interval=20', '--eval_iters=2', '--log_interval=20', '--compile=False',
+                   '--max_iters=30', '--eval_interval=10', '--eval_iters=2', '--log_interval=10', '--compile=False',
                    '--device=cpu', '--dtype=float32', '--learning_rate=3e-3', '--warmup_iters=10', '--min_lr=3e-4')
     assert 'HumanEval solutions' in p.stdout
     evals = [json.loads(l) for l in open(out / 'log.jsonl') if '"eval"' in l]
@@ -126,5 +126,5 @@ def test_humaneval_bpb_is_logged_at_evals_falls_when_learned_and_is_in_eval_bpb(
                    '--dtype=float32', '--max_tokens=4096')
     assert 'HumanEval solutions (68 problems)' in p.stdout
     he = json.load(open(out / 'bpb.json'))['humaneval']
-    # eval_bpb scores the same rows as train.py's eval of the best checkpoint (the same model, at step 60)
+    # eval_bpb scores the same rows as train.py's eval of the best checkpoint (the same model, at step 30)
     assert he['problems'] == 68 and he['bpb'] == pytest.approx(bpb[-1], rel=1e-3)

