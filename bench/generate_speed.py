@@ -12,9 +12,9 @@ Expect the ratio to grow with the batch and the context: the cache saves FLOPs, 
 step is bound by kernel launches (batch 1 on a big GPU) it saves less than where it is bound by
 compute (larger batches, long prompts, CPUs).
 
-    python bench_generate.py --device=cuda                          # 124M, batches 1, 8, 64, 128, 512-token prompts
-    python bench_generate.py --device=cuda --prompt_len=64 --batch_sizes=1,8 --compile_step=False
-    python bench_generate.py --device=cpu --n_layer=2 --n_head=4 --n_embd=128 --batch_sizes=1,4 --prompt_len=128
+    python bench/generate_speed.py --device=cuda                          # 124M, batches 1, 8, 64, 128, 512-token prompts
+    python bench/generate_speed.py --device=cuda --prompt_len=64 --batch_sizes=1,8 --compile_step=False
+    python bench/generate_speed.py --device=cpu --n_layer=2 --n_head=4 --n_embd=128 --batch_sizes=1,4 --prompt_len=128
 prints one line per batch size and a summary line.
 """
 import os
@@ -106,5 +106,5 @@ for b in batches:
 
 # ----------------------------------------------------------------------------- summary
 summary = ', '.join(f"batch {b}: {t[0] / t[-1]:.1f}x ({t[0]:,.0f} vs {t[-1]:,.0f} tok/s)" for b, t in rows)
-print(f"bench_generate: kv cache ({paths[0][0]}) vs full recompute at {max_new_tokens} new tokens after a "
+print(f"generate_speed: kv cache ({paths[0][0]}) vs full recompute at {max_new_tokens} new tokens after a "
       f"{prompt_len}-token prompt, {model.num_params() / 1e6:.0f}M params on {name}: {summary}")

@@ -1,5 +1,5 @@
 """
-The plain nanoGPT recipe as a measuring stick for bench.py: GPT-2 124M written out on its own (no
+The plain nanoGPT recipe as a measuring stick for bench/train_speed.py: GPT-2 124M written out on its own (no
 import from this project, so a slowdown of ours cannot hide in the reference too), trained the
 classic way: torch.compile, bf16 autocast, SDPA flash attention, fused AdamW, tied head, vocab
 padded to 50304, gradient clipping, random token batches already on the GPU.

@@ -12,9 +12,9 @@ tokens/s, the stage's ratio to the raw encoder (at 1 worker, and at 2 workers ag
 encoder), tokens per CPU-second (which other load barely moves), and the stage's peak RSS per
 worker and of its main process.
 
-    python bench_tokenize.py
-    python bench_tokenize.py --corpus_mb=80 --files=8 --repeats=3
-    python bench_tokenize.py --roots="['/usr/include']" --corpus_mb=120
+    python bench/tokenize_speed.py
+    python bench/tokenize_speed.py --corpus_mb=80 --files=8 --repeats=3
+    python bench/tokenize_speed.py --roots="['/usr/include']" --corpus_mb=120
 """
 import os
 import re
@@ -169,7 +169,7 @@ if __name__ == '__main__':
               f"CPU-second = {w['worker_cpu_rate'] / x['cpu_rate']:.2f}x raw's per CPU-second (all CPU incl. "
               f"start-up {w['cpu_rate'] / x['cpu_rate']:.2f}x); peak RSS per worker {w['worker_rss']:.0f} MiB, "
               f"main {w['main_rss']:.0f} MiB")
-    print(f"bench_tokenize: 1 worker {best['w1']['rate'] / x['rate']:.2f}x raw, 2 workers "
+    print(f"tokenize_speed: 1 worker {best['w1']['rate'] / x['rate']:.2f}x raw, 2 workers "
           f"{best['w2']['rate'] / x['rate']:.2f}x (raw in 2 processes: {best['raw2']['rate'] / x['rate']:.2f}x, "
           f"the most these 2 cores gave a 2-way job during the run; the stage's 2 workers made "
           f"{best['w2']['rate'] / best['raw2']['rate']:.2f} of it)")

@@ -7,10 +7,10 @@ clipping, logging) run as a subprocess, read back from its log.jsonl, with the p
 (bench/plain_nanogpt.py, a GPT-2 of its own) run at each geometry just before it.
 Token shards are made from the local standard library when data_dir has none.
 
-    python bench.py                                           # 32x1 16x2 8x4 4x8: ~25-30 min on an H200 with an empty compile cache (kernel tuning), less on a rerun
-    python bench.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
-    python bench.py --memory_gb=12 --geometries="[(4,8)]"      # a 12 GB card's room on a big one
-    python bench.py --model_args="--n_layer=24 --n_head=16 --n_embd=1024" --geometries="[(8,4)]"  # GPT-2 350M in both
+    python bench/train_speed.py                               # 32x1 16x2 8x4 4x8: tens of minutes on an empty compile cache (kernel tuning), less on a rerun
+    python bench/train_speed.py --geometries="[(32,1)]" --variants="['', '--sdpa_backend=cudnn']"
+    python bench/train_speed.py --memory_gb=12 --geometries="[(4,8)]"      # a 12 GB card's room on a big one
+    python bench/train_speed.py --model_args="--n_layer=24 --n_head=16 --n_embd=1024" --geometries="[(8,4)]"  # GPT-2 350M in both
 
 prints one row per run as it ends: tokens/s, ms/step, MFU, share of the step fetching data, peak
 memory, the ratio to the reference at the same geometry, how far its logged losses stray from the
@@ -36,7 +36,7 @@ model_args = ''  # flags for both scripts, so both do the same math elsewhere: e
 variants = ['', '--auto_batch=False', '--auto_batch=False --cuda_graph_tokens=0']  # extra train.py flags, one run per geometry each
 steps = 60  # timed optimizer steps per run (after warmup)
 warmup = 10  # steps left out of the timing (compilation, allocator warm-up)
-memory_gb = 0.0  # > 0: cap every run's GPU memory at this many GiB (torch's per-process fraction), e.g. 12 for an RTX 4070
+memory_gb = 0.0  # > 0: cap every run's GPU memory at this many GiB (torch's per-process fraction), e.g. 12 for a 12 GB card
 config = configure(globals())
 # -----------------------------------------------------------------------------
 
@@ -112,6 +112,6 @@ for B, A in geometries:
 
 runs = len(geometries) * (len(variants) + bool(reference))
 lo, hi = min(ratios, default=None), max(ratios, default=None)
-print(f"bench: {runs} runs in {(time.time() - t_start) / 60:.1f} min" +
+print(f"train_speed: {runs} runs in {(time.time() - t_start) / 60:.1f} min" +
       (f"; train.py against the plain recipe: lowest {lo[0]:.3f}x ({lo[1]}), highest {hi[0]:.3f}x ({hi[1]})" if ratios else ''),
       flush=True)
