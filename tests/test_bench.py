@@ -50,3 +50,22 @@ def test_bench_runs_both_scripts_on_a_tiny_model_and_sums_up_the_ratios(tmp_path
     room = lambda name: slack(ratios[name] * ref, 3)
     assert abs(lo - ours[m.group(2)]) <= room(m.group(2)) and ours[m.group(2)] <= min(ours.values()) + room(m.group(2))
     assert abs(hi - ours[m.group(4)]) <= room(m.group(4)) and ours[m.group(4)] >= max(ours.values()) - room(m.group(4))
+
+
+def test_compare_runs_lines_up_two_logs_and_names_the_largest_difference(tmp_path):
+    import json
+    for name, shift in (('a', 0.0), ('b', 0.25)):  # two runs' logs as train.py writes them; b's losses 0.25 higher from step 40
+        (tmp_path / name).mkdir()
+        events = [{'event': 'start', 'iter': 0}]
+        events += [{'event': 'train', 'iter': i, 'loss': 10 - i / 10 + (shift if i >= 40 else 0), 'tokens_per_sec': 1000.0 + i,
+                    'mfu': None, 'peak_mem_gib': None} for i in range(60)]
+        events += [{'event': 'eval', 'iter': 50, 'val_loss': 5.0 + shift}]
+        (tmp_path / name / 'log.jsonl').write_text(''.join(json.dumps(e) + '\n' for e in events))
+    p = run_script('bench/compare_runs.py', f"--runs={tmp_path / 'a'},{tmp_path / 'b'}", '--every=20', '--after=31')
+    rows = [line.split() for line in p.stdout.splitlines() if re.match(r'\s+\d+ ', line)]
+    assert [r[0] for r in rows] == ['0', '20', '40'] and rows[2][1:] == ['6.0000', '6.2500']
+    assert f"max |loss - {tmp_path / 'a'}| 0.2500 over 60 logged steps" in p.stdout
+    assert '1,045 tok/s (steps >= 31)' in p.stdout  # the mean of steps 31-59
+    assert p.stdout.strip().splitlines()[-1].endswith(f"the largest train-loss difference is 0.2500 ({tmp_path / 'b'})")
+    p = run_script('bench/compare_runs.py', f"--runs={tmp_path / 'a'}", check=False)
+    assert p.returncode == 2 and 'two or more' in p.stderr
