@@ -155,6 +155,12 @@ RANGES = {
     'dedup_permutations': ('[2, inf)', 'MinHash permutations'),
     'fim_rate': ('[0, 1]', 'a share of documents'),
     'spm_rate': ('[0, 1]', 'a share of FIM documents'),
+    # dedup_datatrove.py
+    'dedup_datatrove.py:workers': ('[0, inf)', 'tasks at once; 0 = one per CPU'),
+    'tasks': ('[0, inf)', 'slices of the input files; 0 = one per file'),
+    'n_grams': ('[1, inf)', 'words per shingle'),
+    'num_buckets': ('[1, inf)', 'LSH bands'),
+    'hashes_per_bucket': ('[1, inf)', 'MinHash values per band'),
     # download_github_code.py
     'num_shards': ('[1, inf)', 'shards'),
     'shard_start': ('[0, inf)', 'a shard index'),
@@ -165,7 +171,6 @@ RANGES = {
     'max_new_tokens': ('[1, inf)', 'tokens'),
     'eval_humaneval.py:max_new_tokens': ('[0, inf)', "tokens; 0 = the protocol's"),
     'eval_humaneval.py:batch_size': ('[0, inf)', "completions at once; 0 = the protocol's"),
-    'eval_infill.py:max_new_tokens': ('[1, inf)', 'tokens'),
     'temperature': ('[0, inf)', '0 = greedy'),
     'top_k': ('[0, inf)', 'tokens; 0 = off'),
     'top_p': ('[0, 1]', 'a probability mass'),

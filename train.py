@@ -21,6 +21,7 @@ import functools
 import math
 import os
 import signal
+import sys
 import time
 
 import torch
@@ -631,3 +632,8 @@ if master:
 if ddp:
     dist.barrier()  # every rank is done with gloo/NCCL before any tears it down
     dist.destroy_process_group()
+    # the DDP wrapper still holds the process group, and its teardown at interpreter exit can abort
+    # the process ("terminate called without an active exception"); everything is written, so leave now
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)

@@ -219,3 +219,36 @@ def test_bad_dedup_settings_are_one_line(planted, tmp_path):
         p = run_script('tokenize_github_code.py', f'--in_dir={planted[0]}', f'--out_dir={tmp_path / "o"}', arg, check=False)
         one_line_error(p, needle)
         assert not (tmp_path / 'o').exists()
+
+
+# --- past one machine: datatrove's MinHash stages, then tokenize with its own dedup off --------------
+
+def test_datatrove_pipeline_keeps_one_of_each_planted_pair_and_tokenize_reads_its_output(planted, tmp_path):
+    import pyarrow.parquet as pq
+    texts = planted[1]
+    out, work = tmp_path / 'dedup', tmp_path / 'work'
+    p = run_script('dedup_datatrove.py', f'--in_dir={planted[0]}', f'--out_dir={out}', f'--work_dir={work}', '--workers=2')
+    rows = [r for f in sorted((out / 'data').glob('*.parquet')) for r in pq.read_table(f).to_pylist()]
+    kept = [r['content'] for r in rows]
+    pairs = [('a', 'exact'), ('b', 'edited'), ('c', 'renamed'), ('d', 'licence')]
+    for original, copy in pairs:  # a cluster of two keeps exactly one
+        assert (texts[original] in kept) + (texts[copy] in kept) == 1, copy
+    assert (texts['v'] in kept) + (edit_lines(texts['v']) in kept) == 1
+    assert all(t in kept for t in texts['rest'])  # distinct documents all stay
+    assert len(kept) == 14 and sorted(r['path'] for r in rows) == sorted(set(r['path'] for r in rows))
+    assert json.load(open(out / 'dedup.json'))['documents_kept'] == 14
+    assert 'kept 14 of 19 documents' in p.stdout
+    # the kept files in github-code's columns: tokenize reads them as they are
+    run_script('tokenize_github_code.py', f'--in_dir={out / "data"}', f'--out_dir={tmp_path / "tokens"}', *ARGS, '--dedup=False')
+    train, val, m = documents(tmp_path / 'tokens')
+    assert sorted(train + val) == sorted(kept)
+    # a rerun finds every task done and writes the same files; a folder of someone else's is refused
+    before = {f.name: f.read_bytes() for f in (out / 'data').iterdir()}
+    run_script('dedup_datatrove.py', f'--in_dir={planted[0]}', f'--out_dir={out}', f'--work_dir={work}', '--workers=2')
+    assert {f.name: f.read_bytes() for f in (out / 'data').iterdir()} == before
+    mine = tmp_path / 'mine'
+    mine.mkdir()
+    (mine / 'notes.txt').write_text('keep me')
+    bad = run_script('dedup_datatrove.py', f'--in_dir={planted[0]}', f'--out_dir={mine}', f'--work_dir={work}2', check=False)
+    one_line_error(bad, "out_dir", 'did not write')
+    assert (mine / 'notes.txt').read_text() == 'keep me'

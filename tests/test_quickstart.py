@@ -28,7 +28,7 @@ DEV_INSTALL = 'pip install -r requirements-dev.txt'  # what the tests add; .ci/r
 TEST_COMMAND = 'python -m pytest -q -n auto --dist loadfile tests'
 # scripts whose config block CONFIG.md lists, in its order
 CONFIG_SCRIPTS = ['download_github_code.py', 'tokenize_github_code.py', 'train.py', 'sample.py',
-                  'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'bench/train_speed.py', 'bench/tokenize_speed.py',
+                  'eval_humaneval.py', 'eval_bpb.py', 'export_hf.py', 'dedup_datatrove.py', 'bench/train_speed.py', 'bench/tokenize_speed.py',
                   'bench/generate_speed.py', 'bench/recipe.py', 'bench/compare_runs.py']
 # repositories json, email and email/mime, logging: at the quickstart's val_fraction (0.15) the
 # repository hash holds out 'email' (the email package's top-level modules), so Python gets a val set
