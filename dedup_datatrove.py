@@ -26,13 +26,13 @@ logs go to work_dir. A rerun after a kill skips the tasks datatrove's logs mark 
 import glob
 import json
 import os
-import re
 import time
 
 import pyarrow.parquet as pq
 
-from codegpt.atomic import lock_dir, write_json
+from codegpt.atomic import lock_dir, refuse_foreign, write_json
 from codegpt.github_code import COLUMNS
+from codegpt.neardup import WORD  # the tokenize stage's word: runs of letters, digits and _
 from configurator import configure, die
 
 # -----------------------------------------------------------------------------
@@ -50,8 +50,6 @@ partition = ''  # slurm: the partition to run on
 slurm_time = '10:00:00'  # slurm: each job's time limit
 config = configure(globals())
 # -----------------------------------------------------------------------------
-
-WORD = re.compile(r'[A-Za-z0-9_]+')  # the tokenize stage's word (codegpt/neardup.py)
 
 if executor not in ('local', 'slurm'):
     die(f"executor='{executor}' is not 'local' or 'slurm'")
@@ -72,6 +70,7 @@ local = '://' not in in_dir
 if local and not glob.glob(os.path.join(in_dir, '**', '*.parquet'), recursive=True):
     die(f"in_dir '{in_dir}' holds no .parquet files; pass the folder download_github_code.py wrote")
 if '://' not in out_dir:
+    refuse_foreign(out_dir, 'dedup_datatrove.py', 'out_dir')  # a download, a token folder, a run: never ours to fill
     if os.path.isdir(out_dir) and os.listdir(out_dir) and not (
             os.path.isfile(os.path.join(out_dir, 'dedup.json')) or os.path.isdir(os.path.join(out_dir, 'data'))):
         die(f"out_dir '{out_dir}' holds files that this script did not write; pass an empty or new folder "

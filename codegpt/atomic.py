@@ -78,7 +78,7 @@ def lock_dir(path, what):
 
 def made_by(folder):
     """The script whose output `folder` holds ('download_github_code.py', 'tokenize_github_code.py',
-    'train.py', 'export_hf.py'), judged by the files each writes, or None (empty, or someone else's)."""
+    'train.py', 'export_hf.py', 'dedup_datatrove.py'), judged by the files each writes, or None (empty, or someone else's)."""
     def json_of(name):
         try:
             with open(os.path.join(folder, name)) as f:
@@ -95,6 +95,8 @@ def made_by(folder):
         return 'train.py'
     if json_of('export.json').get('made_by') == 'export_hf.py':
         return 'export_hf.py'
+    if json_of('dedup.json').get('made_by') == 'dedup_datatrove.py':
+        return 'dedup_datatrove.py'
     return None
 
 

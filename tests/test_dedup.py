@@ -252,3 +252,9 @@ def test_datatrove_pipeline_keeps_one_of_each_planted_pair_and_tokenize_reads_it
     bad = run_script('dedup_datatrove.py', f'--in_dir={planted[0]}', f'--out_dir={mine}', f'--work_dir={work}2', check=False)
     one_line_error(bad, "out_dir", 'did not write')
     assert (mine / 'notes.txt').read_text() == 'keep me'
+    # and the stages know its folder: tokenize will not write its tokens into it, nor it into a download
+    bad = run_script('tokenize_github_code.py', f'--in_dir={out / "data"}', f'--out_dir={out}', *ARGS, check=False)
+    one_line_error(bad, 'dedup_datatrove.py')
+    bad = run_script('dedup_datatrove.py', f'--in_dir={out / "data"}', f'--out_dir={planted[0]}', check=False)
+    one_line_error(bad, "out_dir", 'did not write')
+    assert {f.name: f.read_bytes() for f in (out / 'data').iterdir()} == before
