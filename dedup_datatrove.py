@@ -67,7 +67,8 @@ except ImportError as e:
     die(f"dedup_datatrove.py needs datatrove ({e}); pip install datatrove")
 
 local = '://' not in in_dir
-if local and not glob.glob(os.path.join(in_dir, '**', '*.parquet'), recursive=True):
+in_files = sorted(glob.glob(os.path.join(in_dir, '**', '*.parquet'), recursive=True)) if local else []
+if local and not in_files:
     die(f"in_dir '{in_dir}' holds no .parquet files; pass the folder download_github_code.py wrote")
 if '://' not in out_dir:
     refuse_foreign(out_dir, 'dedup_datatrove.py', 'out_dir')  # a download, a token folder, a run: never ours to fill
@@ -76,7 +77,7 @@ if '://' not in out_dir:
         die(f"out_dir '{out_dir}' holds files that this script did not write; pass an empty or new folder "
             f"(that folder is left as it is)")
     lock = lock_dir(out_dir, 'dedup_datatrove.py')  # held until exit: one run into a folder at a time
-n_tasks = tasks or max(1, len(glob.glob(os.path.join(in_dir, '**', '*.parquet'), recursive=True)) if local else 1)
+n_tasks = tasks or max(1, len(in_files))  # a remote in_dir, unlisted here: one task unless tasks says more
 
 
 class CodeWords(WordTokenizer):
@@ -134,7 +135,7 @@ def count(files):
     return rows, sum(os.path.getsize(f) for f in files)
 
 
-docs_in, bytes_in = count(sorted(glob.glob(os.path.join(in_dir, '**', '*.parquet'), recursive=True)))
+docs_in, bytes_in = count(in_files)
 docs_out, bytes_out = count(sorted(glob.glob(os.path.join(out_dir, 'data', '*.parquet'))))
 summary = dict(made_by='dedup_datatrove.py', in_dir=in_dir, config=config, documents_in=docs_in, documents_kept=docs_out,
                parquet_bytes_in=bytes_in, parquet_bytes_kept=bytes_out, tasks=n_tasks)
